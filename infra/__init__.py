@@ -1,0 +1,1 @@
+"""What the capabilities share: settings, auth, metadata, limits, logs, metrics, errors."""

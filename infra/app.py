@@ -1,0 +1,145 @@
+"""The app factory: shared services, each capability's routes, the edge middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from infra import devices_api, openapi
+from infra.clock import Clock
+from infra.context import Capability, Infra
+from infra.envelope import JSON, error_response, ok
+from infra.errors import ApiError
+from infra.metrics import BACKEND_UP, REGISTRY
+from infra.middleware import EdgeMiddleware, template_lookup
+from infra.settings import Settings
+
+log = logging.getLogger("homepocket")
+Builder = Callable[[Infra], Capability]
+READY_TIMEOUT_S = 2.0
+
+
+def default_capabilities() -> list[Builder]:
+    """Every capability the server offers, in the order they start."""
+    builders: list[Builder] = [devices_api.build]
+    for module in ("relay.app", "pairing.app", "storage.app"):
+        try:
+            imported = __import__(module, fromlist=["build"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a missing dependency inside it is a real error
+                raise
+            continue
+        builders.append(imported.build)
+    return builders
+
+
+def create_app(
+    settings: Settings,
+    clock: Clock | None = None,
+    capabilities: Sequence[Builder] | None = None,
+) -> Starlette:
+    infra = Infra(settings, clock)
+    built = [b(infra) for b in (capabilities or default_capabilities())]
+
+    async def health(request: Request) -> Response:
+        return ok(request, {"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        checks: dict[str, Callable[[], Awaitable[None]]] = {"database": infra.db.ping}
+        if settings.redis_url:
+            checks["redis"] = infra.limiter.ping
+        for cap in built:
+            checks.update(cap.ready_checks)
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), READY_TIMEOUT_S)
+                BACKEND_UP.labels(name).set(1)
+            except Exception:
+                BACKEND_UP.labels(name).set(0)
+                log.warning("backend not ready", extra={"backend": name})
+                raise ApiError(
+                    "SERVICE_UNAVAILABLE", f"{name} is unavailable.", {"backend": name}
+                ) from None
+        return ok(request, {"status": "ready", "backends": sorted(checks)})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    paths: dict[str, dict[str, object]] = dict(openapi.OPERATIONAL)
+    for cap in built:
+        for p, ops in cap.openapi_paths.items():
+            paths.setdefault(p, {}).update(ops)
+    spec = openapi.document(paths)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSON(spec)
+
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
+    for cap in built:
+        routes.extend(cap.routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await infra.open()
+        started: list[Capability] = []
+        try:
+            for cap in built:
+                if cap.start:
+                    await cap.start()
+                started.append(cap)
+            log.info("started", extra={"backends": settings.production_backends or ["embedded"]})
+            yield
+        finally:
+            for cap in reversed(started):
+                if cap.stop:
+                    try:
+                        await cap.stop()
+                    except Exception:
+                        log.exception("stop failed", extra={"capability": cap.name})
+            await infra.close()
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(request, exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            err = ApiError(
+                "METHOD_NOT_ALLOWED", "Method not allowed.", headers=dict(exc.headers or {})
+            )
+        elif exc.status_code == 404:
+            err = ApiError("NOT_FOUND", "No such route.")
+        else:
+            err = ApiError("VALIDATION_ERROR", "The request was malformed.")
+        return error_response(request, err)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(
+                EdgeMiddleware,
+                allowed_origins=settings.allowed_origins,
+                route_of=template_lookup(routes),
+            )
+        ],
+        exception_handlers={ApiError: api_error, HTTPException: http_error},
+    )
+    app.state.infra = infra
+    return app

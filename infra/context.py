@@ -1,0 +1,119 @@
+"""The shared services every capability is built with, opened in the app's lifespan.
+
+Capabilities receive this at build time and reach its parts at call time; the relay
+replaces `live` with its own channel when it is wired in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute
+
+from infra.audit import Audit, Origin
+from infra.auth import Authenticator
+from infra.clock import Clock, SystemClock
+from infra.db import Database, open_database
+from infra.envelope import current_request_id
+from infra.ids import IdHasher, client_ip
+from infra.members import Members
+from infra.metrics import RATE_LIMITED
+from infra.ports import BookHooks, LiveChannel, NoLiveChannel
+from infra.ratelimit import LimitStoreDown, RateLimiter, Verdict
+from infra.ratelimit import fail_closed as limiter_down
+from infra.settings import Settings, resolve_id_hash_key
+
+log = logging.getLogger("homepocket")
+Check = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Capability:
+    """One folder's contribution to the app: its routes, docs and lifecycle."""
+
+    name: str
+    routes: Sequence[BaseRoute]
+    openapi_paths: dict[str, dict[str, object]] = field(default_factory=dict)
+    start: Callable[[], Awaitable[None]] | None = None
+    stop: Callable[[], Awaitable[None]] | None = None
+    ready_checks: dict[str, Check] = field(default_factory=dict)
+
+
+class Infra:
+    db: Database
+    hasher: IdHasher
+    members: Members
+    auth: Authenticator
+    audit: Audit
+    limiter: RateLimiter
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.hooks = BookHooks()
+        self.live: LiveChannel = NoLiveChannel()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        s = self.settings
+        self.hasher = IdHasher(resolve_id_hash_key(s).__str__())
+        self.db = await open_database(s.database_url, s.data_dir)
+        if s.migrate_on_start:
+            await self.db.migrate()
+        self.members = Members(self.db)
+        self.auth = Authenticator(self.members, self.hasher, self.clock, s.token_max_lifetime_s)
+        self.audit = Audit(self.db, self.clock, s.audit_retention_s)
+        self.limiter = RateLimiter(s)
+        self.spawn(self.audit.purge_forever())
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """A background loop owned by the app: cancelled at shutdown."""
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.limiter.close()
+        await self.db.close()
+
+    def now(self) -> int:
+        return int(self.clock.now())
+
+    def client_ip(self, conn: HTTPConnection) -> str:
+        return client_ip(conn.scope, self.settings.trusted_proxies)
+
+    def ip_key(self, conn: HTTPConnection) -> str:
+        """Rate-limit key for the caller's address: an HMAC, never the address."""
+        return self.hasher.ip_ref_for_limits(self.client_ip(conn))
+
+    def origin(self, conn: HTTPConnection) -> Origin:
+        return Origin(
+            ip_ref=self.hasher.ip_ref_for_audit(self.client_ip(conn)),
+            user_agent=conn.headers.get("user-agent"),
+            request_id=current_request_id(conn),
+        )
+
+
+async def count_call(infra: Infra, name: str, key: str, *, fail_closed: bool) -> Verdict | None:
+    """Count one call against a limit. When the store is down: 503 where the contract
+    fails closed (registration, pairing), else let the call through."""
+    try:
+        return await infra.limiter.hit(name, key)
+    except LimitStoreDown:
+        log.warning("rate-limit store unreachable", extra={"limit": name})
+        if fail_closed:
+            raise limiter_down() from None
+        return None
+
+
+def enforce(verdict: Verdict | None, name: str) -> None:
+    """Raise the 429 for a counted call that went over its limit."""
+    if verdict is not None and not verdict.allowed:
+        RATE_LIMITED.labels(name).inc()
+        raise verdict.error()

@@ -1,0 +1,69 @@
+"""The contract's error codes, and the one exception that carries them.
+
+Domain code raises `ApiError`; one handler (infra.envelope) turns it into the envelope.
+Messages are fixed strings: an error never echoes client input or a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# code -> HTTP status (PRD 7.2 plus SPEC 3).
+STATUS: dict[str, int] = {
+    "VALIDATION_ERROR": 400,
+    "INVALID_SHORT_CODE": 400,
+    "SHORT_CODE_EXPIRED": 400,
+    "PHOTO_TOO_LARGE": 400,
+    "INVALID_TOKEN": 401,
+    "FORBIDDEN": 403,
+    "NOT_FOUND": 404,
+    "BOOK_NOT_FOUND": 404,
+    "DEVICE_NOT_FOUND": 404,
+    "PHOTO_NOT_FOUND": 404,
+    "PAIRING_NOT_FOUND": 404,
+    "SNAPSHOT_NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "DEVICE_EXISTS": 409,
+    "BOOK_EXISTS": 409,
+    "BOOK_FULL": 409,
+    "UPLOAD_INCOMPLETE": 409,
+    "PAYLOAD_TOO_LARGE": 413,
+    "QUOTA_EXCEEDED": 413,
+    "RATE_LIMIT_EXCEEDED": 429,
+    "INTERNAL_ERROR": 500,
+    "S3_ERROR": 500,
+    "SERVICE_UNAVAILABLE": 503,
+}
+
+# When several errors apply, the first of these wins (SPEC 3).
+PRECEDENCE = (413, 401, 429, 403, 400, 404, 409)
+
+
+class ApiError(Exception):
+    """An error the client is told about, with the contract's code."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.status = STATUS[code]
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def validation(field: str, problem: str) -> ApiError:
+    return ApiError("VALIDATION_ERROR", f"{field}: {problem}", {"field": field})
+
+
+def invalid_token(reason: str) -> ApiError:
+    return ApiError("INVALID_TOKEN", "The token was refused.", {"reason": reason})
+
+
+def forbidden(reason: str) -> ApiError:
+    return ApiError("FORBIDDEN", "This device may not do that.", {"reason": reason})

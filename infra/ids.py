@@ -1,0 +1,79 @@
+"""Identifiers: device fingerprints, hashed book and IP references, the client's address.
+
+The raw book_id and the client IP never go past this module into storage: callers
+keep `book_ref` and `ip_ref` (SPEC 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Sequence
+
+from starlette.types import Scope
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def device_id_of(public_key: bytes) -> str:
+    """Self-certifying id: the first 16 bytes of SHA-256 of the raw key, hex."""
+    return hashlib.sha256(public_key).digest()[:16].hex()
+
+
+class IdHasher:
+    """HMAC-SHA256 under ID_HASH_KEY. Losing the key makes every book unreachable."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key.encode()
+
+    def book_ref(self, book_id: str) -> str:
+        return hmac.new(self._key, book_id.encode(), hashlib.sha256).hexdigest()
+
+    def ip_ref_for_limits(self, ip: str) -> str:
+        """The IPv4 address, or the IPv6 /64 (one household's allocation)."""
+        return self._ip(ip, 32, 64, "limit")
+
+    def ip_ref_for_audit(self, ip: str) -> str:
+        """Blurred further for what is kept 90 days: the /24 or /48."""
+        return self._ip(ip, 24, 48, "audit")
+
+    def _ip(self, ip: str, v4_bits: int, v6_bits: int, purpose: str) -> str:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            text = "unknown"
+        else:
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            bits = v4_bits if addr.version == 4 else v6_bits
+            text = str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
+        message = f"ip:{purpose}:{text}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
+    """The peer address, or the right-most X-Forwarded-For hop not in TRUSTED_PROXIES
+    when the peer is one (SPEC 6). Never trust the header from anyone else."""
+    peer = (scope.get("client") or ("unknown", 0))[0]
+
+    def trusted(ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in trusted_proxies)
+
+    if not trusted_proxies or not trusted(peer):
+        return str(peer)
+    forwarded: list[str] = []
+    for name, value in scope.get("headers", []):
+        if name == b"x-forwarded-for":
+            forwarded.extend(h.strip() for h in value.decode("latin-1").split(","))
+    for hop in reversed(forwarded):
+        if not trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return "unknown"
+    return str(peer)

@@ -1,0 +1,1 @@
+"""Encrypted photo storage through presigned URLs."""

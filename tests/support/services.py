@@ -1,0 +1,208 @@
+"""Real services for the tests: a private Redis, a fresh PostgreSQL database, moto's
+S3 server, and uvicorn servers (in this process or as real `homepocket-relay` ones).
+
+Nothing is mocked: each runs as its own server on a loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from infra.app import create_app
+from infra.settings import Settings
+
+ID_HASH_KEY = "test-id-hash-key-0123456789abcdef0123456789abcdef"
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server: tests may FLUSHALL or kill it without touching anyone else."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed: run scripts/test (it installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards."""
+    import asyncpg
+
+    name = "hp_test_" + uuid.uuid4().hex[:12]
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run(sql: str) -> None:  # callable from inside a running event loop too
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(admin(sql))).result()
+
+    run(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's S3-compatible HTTP server."""
+    port = free_port()
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class InProcessServer:
+    """The real app under a real uvicorn, on a loopback port, in the test's event loop."""
+
+    def __init__(self, settings: Settings, **app_kw: Any) -> None:
+        self.port = free_port()
+        self.settings = Settings(**{**settings.__dict__, "port": self.port,
+                                    "host": "127.0.0.1"})
+        self.app = create_app(self.settings, **app_kw)
+        self.config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, ws="websockets-sansio",
+            ws_per_message_deflate=False, ws_ping_interval=None, log_config=None,
+            access_log=False, lifespan="on", timeout_graceful_shutdown=2,
+            ws_max_size=self.settings.max_op_bytes * 4 // 3 + 4096,
+        )
+        self.server = uvicorn.Server(self.config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def infra(self) -> Any:
+        return self.app.state.infra
+
+    async def __aenter__(self) -> InProcessServer:
+        self._task = asyncio.create_task(self.server.serve())
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("server stopped during start-up")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        if self._task:
+            await asyncio.wait_for(self._task, 15)
+
+
+class ServerProcess:
+    """`homepocket-relay serve` as a real process."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.env = {**os.environ, **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        exe = Path(sys.executable).parent / "homepocket-relay"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), 0.2
+            ):
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError("server process did not start")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **kw: Any) -> AsyncIterator[InProcessServer]:
+    async with InProcessServer(settings, **kw) as server:
+        yield server

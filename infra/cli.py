@@ -36,10 +36,18 @@ async def _check_and_migrate(settings: Settings, migrate: bool) -> list[int]:
     except Exception as exc:
         raise ConfigError("DATABASE_URL", f"cannot connect ({type(exc).__name__})") from None
     try:
-        return await db.migrate() if migrate else []
+        applied = await db.migrate() if migrate else []
     finally:
         await db.close()
-    # Redis is checked by its capabilities at start; see relay/ and pairing/.
+    if settings.redis_url:
+        from infra.context import Infra
+
+        infra = Infra(settings)
+        try:
+            await infra.check_redis()
+        finally:
+            await infra.redis().aclose()
+    return applied
 
 
 def main(argv: list[str] | None = None) -> int:

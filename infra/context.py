@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
@@ -25,7 +26,7 @@ from infra.metrics import RATE_LIMITED
 from infra.ports import BookHooks, LiveChannel, NoLiveChannel
 from infra.ratelimit import LimitStoreDown, RateLimiter, Verdict
 from infra.ratelimit import fail_closed as limiter_down
-from infra.settings import Settings, resolve_id_hash_key
+from infra.settings import ConfigError, Settings, resolve_id_hash_key
 
 log = logging.getLogger("homepocket")
 Check = Callable[[], Awaitable[None]]
@@ -57,6 +58,7 @@ class Infra:
         self.hooks = BookHooks()
         self.live: LiveChannel = NoLiveChannel()
         self._tasks: list[asyncio.Task[None]] = []
+        self._redis: Any = None
 
     async def open(self) -> None:
         s = self.settings
@@ -68,7 +70,43 @@ class Infra:
         self.auth = Authenticator(self.members, self.hasher, self.clock, s.token_max_lifetime_s)
         self.audit = Audit(self.db, self.clock, s.audit_retention_s)
         self.limiter = RateLimiter(s)
+        if s.redis_url:
+            await self.check_redis()
         self.spawn(self.audit.purge_forever())
+
+    def redis(self) -> Any:
+        """The shared Redis client (redis.asyncio.Redis) when REDIS_URL is set.
+
+        Capabilities keep their own pub/sub connections; plain commands share this pool.
+        """
+        if self.settings.redis_url is None:
+            raise RuntimeError("REDIS_URL is not set")
+        if self._redis is None:
+            import redis.asyncio as aioredis  # production dependency, lazily
+
+            self._redis = aioredis.from_url(
+                self.settings.redis_url,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+            )
+        return self._redis
+
+    async def check_redis(self) -> None:
+        """At start: reachable, and not evicting keys (a backlog must never vanish silently)."""
+        client = self.redis()
+        try:
+            await client.ping()
+        except Exception as exc:
+            raise ConfigError("REDIS_URL", f"cannot connect ({type(exc).__name__})") from None
+        try:
+            policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy")
+        except Exception:  # CONFIG is often disabled on managed Redis: nothing to check
+            return
+        if policy not in (None, "noeviction"):
+            raise ConfigError(
+                "REDIS_URL", f"Redis must run with maxmemory-policy noeviction, not {policy}"
+            )
 
     def spawn(self, coro: Awaitable[None]) -> None:
         """A background loop owned by the app: cancelled at shutdown."""
@@ -80,6 +118,9 @@ class Infra:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.limiter.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
         await self.db.close()
 
     def now(self) -> int:

@@ -69,7 +69,8 @@ class RateLimiter:
                 settings.redis_url, socket_timeout=2, socket_connect_timeout=2
             )
             self._storage = storage_from_string(
-                "async+" + settings.redis_url, implementation="redispy",
+                "async+" + settings.redis_url,
+                implementation="redispy",
                 connection_pool=self._pool,
             )
         else:

@@ -67,8 +67,9 @@ async def reset_production(settings: Settings) -> None:
         await client.aclose()
 
 
-def make_settings(kind: str, tmp_path: Path, request: pytest.FixtureRequest,
-                  **overrides: Any) -> Settings:
+def make_settings(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, **overrides: Any
+) -> Settings:
     base: dict[str, Any] = {"data_dir": tmp_path / "data", "id_hash_key": None}
     if kind == "production":
         from starlette.datastructures import Secret
@@ -79,8 +80,11 @@ def make_settings(kind: str, tmp_path: Path, request: pytest.FixtureRequest,
             id_hash_key=Secret(ID_HASH_KEY),
         )
         if overrides.pop("with_s3", True):
-            base.update(s3_bucket="homepocket-test", aws_region="us-east-1",
-                        s3_endpoint_url=request.getfixturevalue("s3_endpoint"))
+            base.update(
+                s3_bucket="homepocket-test",
+                aws_region="us-east-1",
+                s3_endpoint_url=request.getfixturevalue("s3_endpoint"),
+            )
     else:
         overrides.pop("with_s3", None)
     env_free = Settings.from_env(environ={}, env_file=None)

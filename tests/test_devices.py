@@ -14,8 +14,11 @@ def new_book_id() -> str:
     return str(uuid.uuid4())
 
 
-async def register(client: httpx.AsyncClient, device: DeviceKey, book_id: str | None = None,
-                   ) -> httpx.Response:
+async def register(
+    client: httpx.AsyncClient,
+    device: DeviceKey,
+    book_id: str | None = None,
+) -> httpx.Response:
     body: dict[str, object] = {"public_key": device.public_b64}
     if book_id is not None:
         body["book_id"] = book_id
@@ -55,8 +58,9 @@ async def test_device_in_a_book_naming_another_is_409(client: httpx.AsyncClient)
 
 async def test_device_without_book_may_create_one_later(client: httpx.AsyncClient) -> None:
     device = DeviceKey()
-    first = await client.post("/api/v1/devices", json={"public_key": device.public_b64},
-                              headers=device.auth(None))
+    first = await client.post(
+        "/api/v1/devices", json={"public_key": device.public_b64}, headers=device.auth(None)
+    )
     assert first.status_code == 201
     assert first.json()["data"]["book_id"] is None
     book_id = new_book_id()
@@ -69,8 +73,11 @@ async def test_device_without_book_may_create_one_later(client: httpx.AsyncClien
 async def test_token_signed_by_another_key_cannot_register(client: httpx.AsyncClient) -> None:
     owner, thief = DeviceKey(), DeviceKey()
     token = thief.token(None, sub=owner.device_id)
-    response = await client.post("/api/v1/devices", json={"public_key": owner.public_b64},
-                                 headers={"Authorization": f"Bearer {token}"})
+    response = await client.post(
+        "/api/v1/devices",
+        json={"public_key": owner.public_b64},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert response.status_code == 401
     assert response.json()["error"]["details"]["reason"] == "invalid"
 

@@ -38,7 +38,7 @@ class DeviceKey:
 
     def token(
         self,
-        book_id: str | None | object = ...,
+        book_id: str | object | None = ...,
         *,
         iat: float | None = None,
         exp: float | None = None,
@@ -60,7 +60,7 @@ class DeviceKey:
         signature = self.private.sign(signing_input.encode())
         return signing_input + "." + b64url(signature)
 
-    def auth(self, book_id: str | None | object = ..., **kw: Any) -> dict[str, str]:
+    def auth(self, book_id: str | object | None = ..., **kw: Any) -> dict[str, str]:
         return {"Authorization": "Bearer " + self.token(book_id, **kw)}
 
 

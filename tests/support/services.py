@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,21 @@ def redis_server() -> Iterator[str]:
         raise RuntimeError("redis-server is not installed: run scripts/test (it installs it)")
     port = free_port()
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--maxmemory-policy", "noeviction"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(port)
@@ -96,8 +108,11 @@ def moto_s3() -> Iterator[str]:
     """moto's S3-compatible HTTP server."""
     port = free_port()
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port, 30)
         yield f"http://127.0.0.1:{port}"
@@ -111,13 +126,19 @@ class InProcessServer:
 
     def __init__(self, settings: Settings, **app_kw: Any) -> None:
         self.port = free_port()
-        self.settings = Settings(**{**settings.__dict__, "port": self.port,
-                                    "host": "127.0.0.1"})
+        self.settings = Settings(**{**settings.__dict__, "port": self.port, "host": "127.0.0.1"})
         self.app = create_app(self.settings, **app_kw)
         self.config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, ws="websockets-sansio",
-            ws_per_message_deflate=False, ws_ping_interval=None, log_config=None,
-            access_log=False, lifespan="on", timeout_graceful_shutdown=2,
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            ws="websockets-sansio",
+            ws_per_message_deflate=False,
+            ws_ping_interval=None,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
             ws_max_size=self.settings.max_op_bytes * 4 // 3 + 4096,
         )
         self.server = uvicorn.Server(self.config)
@@ -178,14 +199,17 @@ class ServerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(exe), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), 0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
             ):
                 return self
             if time.monotonic() > deadline:

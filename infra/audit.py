@@ -17,6 +17,7 @@ from typing import Any
 
 from infra.clock import Clock, rfc3339
 from infra.db import Database
+from infra.metrics import AUDIT_EVENTS
 
 log = logging.getLogger("homepocket.audit")
 
@@ -95,6 +96,7 @@ class Audit:
             now,
             origin.request_id,
         )
+        AUDIT_EVENTS.labels(event_type, result).inc()
         log.info(
             "audit",
             extra={

@@ -69,18 +69,43 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> di
     return out
 
 
+def _collect_nothing() -> dict[str, Any]:
+    """The SDK's own switches, all off. Newer SDKs replace `send_default_pii` (now
+    deprecated) with `data_collection`; older ones only know the former."""
+    from sentry_sdk.consts import DEFAULT_OPTIONS
+
+    if "data_collection" not in DEFAULT_OPTIONS:
+        return {
+            "send_default_pii": False,
+            "include_local_variables": False,
+            "include_source_context": False,
+        }
+    off = {"mode": "off"}
+    return {
+        "data_collection": {
+            "user_info": False,
+            "cookies": off,
+            "http_headers": {"request": off},
+            "http_bodies": [],
+            "url_query_params": off,
+            "database_query_data": False,
+            "queues": False,
+            "stack_frame_variables": False,
+            "frame_context_lines": 0,
+        }
+    }
+
+
 def setup_sentry(dsn: str, transport: Any = None) -> None:
     import sentry_sdk
 
-    sentry_sdk.init(
-        dsn=dsn,
-        send_default_pii=False,
-        include_local_variables=False,
-        include_source_context=False,
-        max_request_body_size="never",
-        max_breadcrumbs=0,
-        before_send=scrub_event,  # type: ignore[arg-type]
-        before_send_transaction=scrub_event,  # type: ignore[arg-type]
-        traces_sample_rate=0.0,
-        transport=transport,
-    )
+    options: dict[str, Any] = {
+        "max_request_body_size": "never",
+        "max_breadcrumbs": 0,
+        "before_send": scrub_event,
+        "before_send_transaction": scrub_event,
+        "traces_sample_rate": 0.0,
+        "transport": transport,
+        **_collect_nothing(),
+    }
+    sentry_sdk.init(dsn, **options)

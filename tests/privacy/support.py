@@ -187,3 +187,123 @@ async def s3_object_keys(endpoint: str) -> list[str]:
             async for page in paginator.paginate(Bucket=bucket["Name"]):
                 keys.extend(bucket["Name"] + "/" + o["Key"] for o in page.get("Contents", []))
     return keys
+
+
+@dataclass
+class TracedKey(DeviceKey):
+    """A device key that remembers every token it signed, so a scan can look for them."""
+
+    issued: list[str] = field(default_factory=list)
+
+    def token(self, *args: Any, **kw: Any) -> str:
+        token = super().token(*args, **kw)
+        self.issued.append(token)
+        return token
+
+
+def boom_capability(infra: Any) -> Any:
+    """A test-only route that fails inside a handler holding every kind of secret."""
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from infra.context import Capability
+
+    async def explode(request: Request) -> Any:
+        book_id = request.path_params["book_id"]
+        authorization = request.headers.get("authorization")
+        body = await request.body()
+        peer = request.client
+        raise RuntimeError(f"failed for {book_id} {authorization} {body!r} {peer}")
+
+    return Capability("boom", [Route("/api/v1/books/{book_id}/boom", explode, methods=["POST"])])
+
+
+@dataclass
+class Session:
+    """What a full session made: the secrets to look for, and who is left."""
+
+    secrets: Secrets
+    book_id: str
+    erased: list[TracedKey]
+    revoked: TracedKey
+    canary: str
+
+
+async def drive_session(
+    client: httpx.AsyncClient, infra: Any, forwarded_for: str | None = None
+) -> Session:
+    """Register, list, revoke, refusals of every kind, a 500, the audit, erase."""
+    from tests.support.keys import hs256_with_public_key, unsigned
+
+    via = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    canary = "canary" + uuid.uuid4().hex
+    first, second, lost, stranger = TracedKey(), TracedKey(), TracedKey(), TracedKey()
+    book_id = new_book_id()
+    base = f"/api/v1/books/{book_id}"
+
+    created = await register(
+        client,
+        first,
+        book_id,
+        headers={**via, "Cookie": f"sid={canary}-cookie", "User-Agent": "pocket/1.0"},
+        note=canary + "-body",
+    )
+    assert created.status_code == 201, created.text
+    for device in (second, lost):
+        assert (await register(client, device, headers=via)).status_code == 201
+        ref = infra.hasher.book_ref(book_id)
+        assert await infra.members.add_pending(device.device_id, ref, 20)
+        assert await infra.members.promote(device.device_id, ref)
+        device.book_id = book_id
+    assert (await client.get(base + "/devices", headers={**via, **first.auth()})).is_success
+    revoke = await client.delete(f"{base}/devices/{lost.device_id}", headers=second.auth())
+    assert revoke.status_code == 204
+
+    refusals: list[tuple[int, dict[str, str]]] = [
+        (401, {"Authorization": f"Bearer {unsigned(first)}"}),
+        (401, {"Authorization": f"Bearer {hs256_with_public_key(first)}"}),
+        (401, first.auth(exp=1_000_000_000, iat=999_999_000)),
+        (401, {"Authorization": "Bearer " + stranger.token(book_id, sub=first.device_id)}),
+        (401, {"Authorization": f"Bearer {canary}-garbage"}),
+        (401, {}),
+        (403, lost.auth()),
+    ]
+    for status, headers in refusals:
+        response = await client.get(base + "/devices", headers={**via, **headers})
+        assert response.status_code == status, (status, response.text)
+    assert (await register(client, stranger, new_book_id())).status_code == 201
+    wrong = await client.get(base + "/devices", headers=stranger.auth(book_id))
+    assert wrong.status_code == 403
+    missing = await client.get(
+        f"/api/v1/nowhere/{book_id}/{canary}-path?token={first.token()}", headers=first.auth()
+    )
+    assert missing.status_code == 404
+    assert (await client.put("/api/v1/devices", headers=first.auth())).status_code == 405
+    malformed = await client.post(
+        "/api/v1/devices", content=b'{"public_key": "' + canary.encode(), headers=first.auth()
+    )
+    assert malformed.status_code == 400
+    boom = await client.post(base + "/boom", content=canary + "-boom", headers=first.auth())
+    assert boom.status_code in (404, 500)  # 500 where the test route is installed
+    audit = await client.get("/api/v1/audit", headers=first.auth())
+    assert audit.status_code == 200
+    erased = await client.delete(base, headers={**via, **first.auth()})
+    assert erased.status_code == 204
+    stale = await client.get(base + "/devices", headers=second.auth())
+    assert stale.status_code == 401
+
+    secrets = Secrets()
+    secrets.add("raw book_id", book_id)
+    secrets.add("canary", canary)
+    for name, device in (("first", first), ("second", second), ("lost", lost), ("x", stranger)):
+        for i, token in enumerate(device.issued):
+            secrets.add_token(f"{name} token {i}", token)
+    return Session(secrets, book_id, [first, second], lost, canary)
+
+
+def add_public_keys(secrets: Secrets, devices: Iterable[DeviceKey]) -> None:
+    for i, device in enumerate(devices):
+        secrets.add(f"public key {i}", device.public_b64)
+        secrets.add(
+            f"public key {i} (urlsafe)", device.public_b64.replace("+", "-").replace("/", "_")
+        )

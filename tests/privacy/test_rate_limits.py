@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from infra.context import check_call, count_call, enforce
+from infra.errors import ApiError
 from infra.settings import Settings
 from tests.conftest import make_settings, reset_production
 from tests.privacy.support import register
@@ -188,3 +190,57 @@ async def test_registration_fails_closed_when_the_limit_store_is_down(
             ready = await client.get("/ready")
             assert ready.status_code == 503
             assert ready.json()["error"]["details"]["backend"] == "redis"
+
+
+async def test_failure_only_limits_and_device_keys(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The helpers pairing uses for failed verifies: check first (counts nothing),
+    count only failures; a refusal is a 429 naming the limit and an audit event
+    naming the verified device."""
+    name = "RATE_LIMIT_PAIRING_VERIFY_FAILURES"
+    s = await limited_settings(backend, tmp_path, request, **limits(**{name: "2 per 10 minutes"}))
+    device = DeviceKey().device_id
+    async with InProcessServer(s) as srv:
+        infra = srv.infra
+        for _ in range(3):  # checks alone never use the budget up
+            verdict = await check_call(infra, name, device, fail_closed=True)
+            assert verdict is not None and verdict.allowed
+        for _ in range(2):
+            await count_call(infra, name, device, fail_closed=True)
+        verdict = await check_call(infra, name, device, fail_closed=True)
+        assert verdict is not None and not verdict.allowed
+        with pytest.raises(ApiError) as refused:
+            enforce(verdict, name)
+        err = refused.value
+        assert (err.status, err.code, err.limit_name) == (429, "RATE_LIMIT_EXCEEDED", name)
+        assert err.details["limit"] == 2 and err.details["window"] == 600
+        assert err.headers["Retry-After"] == str(err.details["retry_after"])
+        # Another device, and the same device on another limit, are unaffected.
+        other = await check_call(infra, name, DeviceKey().device_id, fail_closed=True)
+        assert other is not None and other.allowed
+        assert (await count_call(infra, "RATE_LIMIT_RELAY_SEND", device, fail_closed=True)).allowed
+        rows = await infra.db.fetch("SELECT * FROM audit_events WHERE event_type = 'rate_limit'")
+        assert [(r["action"], r["device_id"]) for r in rows] == [
+            ("pairing_verify_failures", device)
+        ]
+
+
+async def test_relay_traffic_fails_open_when_the_limit_store_is_down(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with contextlib.ExitStack() as stack:
+        private_redis = stack.enter_context(redis_server())
+        s = await limited_settings("production", tmp_path, request, redis_url=private_redis)
+        async with InProcessServer(s) as srv:
+            stack.close()
+            device = DeviceKey().device_id
+            assert (
+                await count_call(srv.infra, "RATE_LIMIT_WS_OPS", device, fail_closed=False) is None
+            )
+            enforce(None, "RATE_LIMIT_WS_OPS")  # nothing to enforce: the op goes on
+            with pytest.raises(ApiError) as down:
+                await check_call(
+                    srv.infra, "RATE_LIMIT_PAIRING_VERIFY_FAILURES", device, fail_closed=True
+                )
+            assert (down.value.status, down.value.code) == (503, "SERVICE_UNAVAILABLE")

@@ -176,3 +176,19 @@ async def test_sentry_gets_no_header_body_cookie_local_path_or_token(
     assert exc["type"] == "RuntimeError"
     assert any(f.get("function") == "explode" for f in exc["stacktrace"]["frames"])
     assert error["transaction"] == "/api/v1/books/{book_id}/boom"
+
+
+def test_a_library_with_its_own_handler_is_redacted_too() -> None:
+    stream = io.StringIO()
+    library = logging.getLogger("some.library")
+    own = logging.StreamHandler(stream)
+    library.addHandler(own)
+    library.propagate = False
+    try:
+        with captured_logs():
+            library.warning("token %s for %s", TOKEN, BOOK_ID)
+    finally:
+        library.removeHandler(own)
+        library.propagate = True
+    written = stream.getvalue()
+    assert "[token]" in written and TOKEN not in written and BOOK_ID not in written

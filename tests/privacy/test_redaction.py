@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import orjson
 import pytest
 
 from infra.app import default_capabilities
+from infra.ids import IdHasher
 from infra.logs import JsonFormatter, RedactingFilter
 from infra.settings import Settings
 from tests.conftest import make_settings, reset_production
@@ -24,9 +26,11 @@ from tests.privacy.support import (
     captured_logs,
     captured_sentry,
     drive_session,
+    new_book_id,
+    register,
 )
 from tests.support.keys import DeviceKey
-from tests.support.services import InProcessServer
+from tests.support.services import InProcessServer, ServerProcess
 
 TOKEN = DeviceKey().token("3f1c2a9e-7b4d-4e8f-9a1b-2c3d4e5f6a7b")
 BOOK_ID = "3f1c2a9e-7b4d-4e8f-9a1b-2c3d4e5f6a7b"
@@ -192,3 +196,47 @@ def test_a_library_with_its_own_handler_is_redacted_too() -> None:
         library.propagate = True
     written = stream.getvalue()
     assert "[token]" in written and TOKEN not in written and BOOK_ID not in written
+
+
+async def test_a_real_server_process_writes_only_clean_json_lines(tmp_path: Path) -> None:
+    """`homepocket-relay serve` itself, start to SIGTERM: every line on its stdout and
+    stderr is a JSON object, and none holds a secret of the calls it served."""
+    env = {
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        "S3_BUCKET": "",
+        "SENTRY_DSN": "",
+        "LOG_LEVEL": "DEBUG",
+        "TRUSTED_PROXIES": "127.0.0.1",
+    }
+    server = ServerProcess(env, tmp_path / "data").start()
+    try:
+        device, other = DeviceKey(), DeviceKey()
+        book_id = new_book_id()
+        via = {"X-Forwarded-For": "198.51.100.23"}
+        async with httpx.AsyncClient(base_url=server.url, headers=via) as client:
+            assert (await register(client, device, book_id)).status_code == 201
+            forged = other.token(book_id, sub=device.device_id)
+            bad = await client.get(
+                f"/api/v1/books/{book_id}/devices", headers={"Authorization": f"Bearer {forged}"}
+            )
+            assert bad.status_code == 401
+            assert (await client.get(f"/api/v1/nope/{book_id}")).status_code == 404
+            erase = await client.delete(f"/api/v1/books/{book_id}", headers=device.auth())
+            assert erase.status_code == 204
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    text = server.log()
+    records = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    audit = [r for r in records if r.get("msg") == "audit"]
+    assert audit and all(r["device_id"] is None or len(r["device_id"]) == 32 for r in audit)
+    # Hashed ids stay readable in the log, so an operator can follow one book.
+    hasher = IdHasher((tmp_path / "data" / "id_hash_key").read_text().strip())
+    assert any(r.get("book_ref") == hasher.book_ref(book_id) for r in audit)
+    assert any(r.get("logger", "").startswith("uvicorn") for r in records)
+    # DEBUG is for our own code: libraries that print SQL parameters, frames or signed
+    # requests at DEBUG stay at INFO.
+    chatty = {r["logger"] for r in records if r["level"] == "debug"}
+    assert not {name for name in chatty if not name.startswith("homepocket")}, chatty
+    for secret in (book_id, forged, "198.51.100.23", "127.0.0.1", device.public_b64):
+        assert secret not in text, secret

@@ -81,6 +81,7 @@ async def test_nothing_secret_at_rest_or_emitted(
     assert session.revoked.public_b64 in at_rest["pg_dump"]
     # Of the book, only the erasure event remains, and it names the book by hash alone.
     assert at_rest["pg_dump"].count(book_ref) == 1
+    assert book_ref not in at_rest["redis"] and book_ref not in at_rest["object keys"]
     assert "book\terase\tsuccess" in at_rest["pg_dump"]
     # Logs and Sentry carry neither the loopback peer nor any raw address.
     for where, text in emitted.items():

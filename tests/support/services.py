@@ -197,14 +197,13 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         exe = Path(sys.executable).parent / "homepocket-relay"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self._log_file = log  # closed by stop(): the child keeps its own descriptor
-        self.proc = subprocess.Popen(
-            [str(exe), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [str(exe), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
@@ -222,12 +221,7 @@ class ServerProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            log_file = getattr(self, "_log_file", None)
-            if log_file is not None:
-                log_file.close()
+        return self.proc.wait(timeout)
 
     def log(self) -> str:
         return self.log_path.read_text()

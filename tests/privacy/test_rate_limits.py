@@ -16,7 +16,7 @@ import pytest
 
 from infra.context import check_call, count_call, enforce
 from infra.errors import ApiError
-from infra.settings import Settings
+from infra.settings import RATE_LIMIT_DEFAULTS, Settings
 from tests.conftest import make_settings, reset_production
 from tests.privacy.support import register
 from tests.support.keys import DeviceKey
@@ -244,3 +244,31 @@ async def test_relay_traffic_fails_open_when_the_limit_store_is_down(
                     srv.infra, "RATE_LIMIT_PAIRING_VERIFY_FAILURES", device, fail_closed=True
                 )
             assert (down.value.status, down.value.code) == (503, "SERVICE_UNAVAILABLE")
+
+
+async def test_every_limit_is_counted_apart_and_shared_by_instances(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Each limit of SPEC 6, set to 2 a minute by its variable, refuses the third call
+    of one key, counts each limit and key apart, and (on Redis) is one counter for two
+    instances."""
+    names = list(RATE_LIMIT_DEFAULTS)
+    s = await limited_settings(
+        backend, tmp_path, request, **limits(**dict.fromkeys(names, "2/minute"))
+    )
+    device = DeviceKey().device_id
+    async with InProcessServer(s) as one, InProcessServer(s) as two:
+        second = two if backend == "production" else one  # memory is one process's
+        for name in names:
+            first_call = await count_call(one.infra, name, device, fail_closed=True)
+            second_call = await count_call(second.infra, name, device, fail_closed=True)
+            third_call = await count_call(one.infra, name, device, fail_closed=True)
+            assert first_call is not None and first_call.allowed, name
+            assert second_call is not None and second_call.allowed, name
+            assert second_call.remaining == 0, name
+            assert third_call is not None and not third_call.allowed, name
+            with pytest.raises(ApiError) as refused:
+                enforce(third_call, name)
+            assert refused.value.details["limit"] == 2 and refused.value.details["window"] == 60
+            other = await count_call(two.infra, name, DeviceKey().device_id, fail_closed=True)
+            assert other is not None and other.allowed, name

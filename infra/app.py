@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from infra import devices_api, openapi
 from infra.clock import Clock
-from infra.context import Capability, Infra
+from infra.context import Capability, Infra, record_refusal
 from infra.envelope import JSON, error_response, ok
 from infra.errors import ApiError
 from infra.metrics import BACKEND_UP, REGISTRY
@@ -115,6 +115,7 @@ def create_app(
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
+        await record_refusal(infra, exc, request)
         return error_response(request, exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:

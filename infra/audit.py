@@ -1,18 +1,23 @@
 """Audit events (SPEC 7): one per security-relevant action, hashed identifiers only.
 
 Written to the metadata store and the log; purged after the retention period by a
-loop that runs inside the server.
+loop that runs inside the server. Refusals a client can provoke at will (auth failures,
+rate-limit hits) go through `record_throttled`, so a flood of bad calls cannot become
+a flood of database writes. It must never store a raw IP, token or book_id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from infra.clock import Clock, rfc3339
 from infra.db import Database
+from infra.metrics import AUDIT_EVENTS
 
 log = logging.getLogger("homepocket.audit")
 
@@ -26,11 +31,43 @@ class Origin:
     request_id: str | None = None
 
 
+class Throttle:
+    """At most one event per key per `interval_s`, and at most `budget` events per
+    interval in all, on this instance. Bounded memory: the oldest keys are forgotten
+    first. What it holds are hashed keys, in memory only."""
+
+    def __init__(self, clock: Clock, interval_s: float = 60.0, budget: int = 120) -> None:
+        self.clock = clock
+        self.interval_s = interval_s
+        self.budget = budget
+        self._last: OrderedDict[Hashable, float] = OrderedDict()
+        self._window_start = 0.0
+        self._spent = 0
+        self.suppressed = 0
+
+    def allow(self, key: Hashable) -> bool:
+        now = self.clock.now()
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._spent = now, 0
+        while self._last:  # forget keys whose interval is over (oldest first)
+            oldest_key, seen = next(iter(self._last.items()))
+            if now - seen < self.interval_s:
+                break
+            del self._last[oldest_key]
+        if key in self._last or self._spent >= self.budget:
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        self._spent += 1
+        return True
+
+
 class Audit:
     def __init__(self, db: Database, clock: Clock, retention_s: int) -> None:
         self.db = db
         self.clock = clock
         self.retention_s = retention_s
+        self.throttle = Throttle(clock)
 
     async def record(
         self,
@@ -59,6 +96,7 @@ class Audit:
             now,
             origin.request_id,
         )
+        AUDIT_EVENTS.labels(event_type, result).inc()
         log.info(
             "audit",
             extra={
@@ -71,6 +109,33 @@ class Audit:
                 "request_id": origin.request_id,
             },
         )
+
+    async def record_throttled(
+        self,
+        key: Hashable,
+        event_type: str,
+        action: str,
+        result: str,
+        *,
+        device_id: str | None = None,
+        book_ref: str | None = None,
+        origin: Origin | None = None,
+    ) -> bool:
+        """`record`, unless an event of the same key was recorded in the last minute
+        (or the instance's budget for the minute is spent). Never raises: a refusal
+        must stay a refusal, not become a 500 because the store is slow."""
+        if not self.throttle.allow(key):
+            return False
+        try:
+            await self.record(
+                event_type, action, result, device_id=device_id, book_ref=book_ref, origin=origin
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("audit write failed", extra={"event_type": event_type})
+            return False
+        return True
 
     async def for_device(
         self, device_id: str, before: int | None, limit: int
@@ -99,13 +164,23 @@ class Audit:
         cutoff = int(self.clock.now()) - self.retention_s
         return await self.db.execute("DELETE FROM audit_events WHERE created_at < $1", cutoff)
 
-    async def erase_book(self, book_ref: str, keep_event: str = "book_erased") -> None:
-        """Only the erasure event itself remains of a book."""
+    async def erase_book(
+        self, book_ref: str, device_ids: Sequence[str] = (), keep_event: str = "book"
+    ) -> None:
+        """Only the erasure event itself remains of a book: the book's events go, and so
+        do the events of its devices (an event without a book_ref still ties a device to
+        its book through the device_id)."""
         await self.db.execute(
             "DELETE FROM audit_events WHERE book_ref = $1 AND event_type <> $2",
             book_ref,
             keep_event,
         )
+        for device_id in device_ids:
+            await self.db.execute(
+                "DELETE FROM audit_events WHERE device_id = $1 AND event_type <> $2",
+                device_id,
+                keep_event,
+            )
 
     async def purge_forever(self, every_s: float = 3600.0) -> None:
         while True:

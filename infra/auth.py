@@ -63,18 +63,18 @@ class Authenticator:
     @staticmethod
     def require_not_revoked(caller: Caller) -> None:
         if caller.device.revoked:
-            raise forbidden("revoked")
+            raise forbidden("revoked", caller.device_id)
 
     def require_member(self, caller: Caller, book_id: str) -> str:
         """The caller is a current (not pending) member of the book its path names."""
         self.require_not_revoked(caller)
         if caller.claims.book_id != book_id or not BOOK_ID.fullmatch(book_id):
-            raise forbidden("wrong_book")
+            raise forbidden("wrong_book", caller.device_id)
         book_ref = self.hasher.book_ref(book_id)
         if caller.device.book_ref != book_ref:
-            raise forbidden("not_member")
+            raise forbidden("not_member", caller.device_id)
         if caller.device.role == PENDING:
-            raise forbidden("pending")
+            raise forbidden("pending", caller.device_id)
         return book_ref
 
     def require_book_of_caller(self, caller: Caller, allow_pending: bool = False) -> str:
@@ -83,14 +83,14 @@ class Authenticator:
         self.require_not_revoked(caller)
         device = caller.device
         if device.book_ref is None:
-            raise forbidden("not_member")
+            raise forbidden("not_member", caller.device_id)
         if device.role == PENDING and not allow_pending:
-            raise forbidden("pending")
+            raise forbidden("pending", caller.device_id)
         if device.role not in (MEMBER, PENDING):
-            raise forbidden("not_member")
+            raise forbidden("not_member", caller.device_id)
         claimed = caller.claims.book_id
         if claimed is not None and self.hasher.book_ref(claimed) != device.book_ref:
-            raise forbidden("wrong_book")
+            raise forbidden("wrong_book", caller.device_id)
         return device.book_ref
 
 

@@ -2,6 +2,13 @@
 
 Capabilities receive this at build time and reach its parts at call time; the relay
 replaces `live` with its own channel when it is wired in.
+
+Rate limits, for every capability: `count_call(infra, NAME, caller.device_id or
+infra.ip_key(conn), fail_closed=..., origin=infra.origin(conn))` then, at its place in
+SPEC 3's precedence, `enforce(verdict, NAME)`. Limits on failures only: `check_call`
+first, `count_call` after a failure. A refusal raised outside an HTTP handler (a socket
+handshake) is audited with `record_refusal(infra, exc, websocket)`; HTTP handlers need
+nothing, the app's ApiError handler does it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from infra.auth import Authenticator
 from infra.clock import Clock, SystemClock
 from infra.db import Database, open_database
 from infra.envelope import current_request_id
+from infra.errors import ApiError
 from infra.ids import IdHasher, client_ip
 from infra.members import Members
 from infra.metrics import RATE_LIMITED
@@ -29,6 +37,7 @@ from infra.ratelimit import fail_closed as limiter_down
 from infra.settings import ConfigError, Settings, resolve_id_hash_key
 
 log = logging.getLogger("homepocket")
+IP_KEY_PREFIX = "ip:"
 Check = Callable[[], Awaitable[None]]
 
 
@@ -130,8 +139,9 @@ class Infra:
         return client_ip(conn.scope, self.settings.trusted_proxies)
 
     def ip_key(self, conn: HTTPConnection) -> str:
-        """Rate-limit key for the caller's address: an HMAC, never the address."""
-        return self.hasher.ip_ref_for_limits(self.client_ip(conn))
+        """Rate-limit key for the caller's address: an HMAC, never the address. The
+        `ip:` prefix keeps it apart from device_id keys (same length, both hex)."""
+        return IP_KEY_PREFIX + self.hasher.ip_ref_for_limits(self.client_ip(conn))
 
     def origin(self, conn: HTTPConnection) -> Origin:
         return Origin(
@@ -141,20 +151,89 @@ class Infra:
         )
 
 
-async def count_call(infra: Infra, name: str, key: str, *, fail_closed: bool) -> Verdict | None:
+async def count_call(
+    infra: Infra, name: str, key: str, *, fail_closed: bool, origin: Origin | None = None
+) -> Verdict | None:
     """Count one call against a limit. When the store is down: 503 where the contract
-    fails closed (registration, pairing), else let the call through."""
+    fails closed (registration, pairing), else let the call through.
+
+    `key` is a device_id or `infra.ip_key(conn)`; pass `origin` so that a refusal's
+    audit event carries the blurred `ip_ref`."""
     try:
-        return await infra.limiter.hit(name, key)
+        verdict = await infra.limiter.hit(name, key)
     except LimitStoreDown:
         log.warning("rate-limit store unreachable", extra={"limit": name})
         if fail_closed:
             raise limiter_down() from None
         return None
+    await _audit_if_refused(infra, verdict, name, key, origin)
+    return verdict
+
+
+async def check_call(
+    infra: Infra, name: str, key: str, *, fail_closed: bool, origin: Origin | None = None
+) -> Verdict | None:
+    """For limits that count only failures (failed pairing verifies): would this call
+    pass now? Counts nothing; the caller counts a failure afterwards with `count_call`
+    and ignores that verdict. A refusal is audited here."""
+    try:
+        verdict = await infra.limiter.test(name, key)
+    except LimitStoreDown:
+        log.warning("rate-limit store unreachable", extra={"limit": name})
+        if fail_closed:
+            raise limiter_down() from None
+        return None
+    await _audit_if_refused(infra, verdict, name, key, origin)
+    return verdict
+
+
+async def _audit_if_refused(
+    infra: Infra, verdict: Verdict | None, name: str, key: str, origin: Origin | None
+) -> None:
+    if verdict is None or verdict.allowed:
+        return
+    await infra.audit.record_throttled(
+        ("rate_limit", name, key),
+        "rate_limit",
+        limit_action(name),
+        "refused",
+        device_id=None if key.startswith(IP_KEY_PREFIX) else key,
+        origin=origin,
+    )
+
+
+def limit_action(name: str) -> str:
+    """`RATE_LIMIT_WS_OPS` -> `ws_ops`: the audit action of a limit's refusal."""
+    return name.removeprefix("RATE_LIMIT_").lower()
 
 
 def enforce(verdict: Verdict | None, name: str) -> None:
     """Raise the 429 for a counted call that went over its limit."""
     if verdict is not None and not verdict.allowed:
         RATE_LIMITED.labels(name).inc()
-        raise verdict.error()
+        err = verdict.error()
+        err.limit_name = name
+        raise err
+
+
+AUTH_CODES = ("INVALID_TOKEN", "FORBIDDEN")
+
+
+async def record_refusal(infra: Infra, exc: ApiError, conn: HTTPConnection) -> None:
+    """The one place auth failures (401, 403) become audit events, for HTTP and for
+    sockets alike. A 401's device is only claimed, never proven, so it is not named
+    (else anyone could fill another device's audit export); a 403 comes after the token
+    verified, so its device is. Throttled per device or address and reason."""
+    if exc.code not in AUTH_CODES:
+        return
+    reason = str(exc.details.get("reason", "invalid"))
+    origin = infra.origin(conn)
+    who = exc.device_id or origin.ip_ref
+    await infra.audit.record_throttled(
+        ("auth", exc.code, reason, who),
+        "auth",
+        reason,
+        exc.code.lower(),
+        device_id=exc.device_id,
+        origin=origin,
+    )

@@ -33,8 +33,9 @@ def build(infra: Infra) -> Capability:
 
     async def register(request: Request) -> Response:
         raw = await read_body(request, s.max_body_bytes)
+        origin = infra.origin(request)
         verdict = await count_call(
-            infra, "RATE_LIMIT_REGISTRATION", infra.ip_key(request), fail_closed=True
+            infra, "RATE_LIMIT_REGISTRATION", infra.ip_key(request), fail_closed=True, origin=origin
         )
         authorization = request.headers.get("authorization")
         tokens.read_unverified(tokens.bearer(authorization))  # 401 before 400
@@ -44,12 +45,14 @@ def build(infra: Infra) -> Capability:
         enforce(verdict, "RATE_LIMIT_REGISTRATION")
         book_id = string(body, "book_id", pattern=BOOK_ID, max_len=128, required=False)
         book_ref = infra.hasher.book_ref(book_id) if book_id else None
-        origin = infra.origin(request)
         try:
             result = await infra.members.register(
                 claims.sub, base64.b64encode(public_key).decode(), book_ref, infra.now()
             )
         except ApiError as exc:
+            if exc.code == "FORBIDDEN":  # a revoked key: audited with the other refusals
+                exc.device_id = claims.sub
+                raise
             await infra.audit.record(
                 "device",
                 "register",
@@ -118,9 +121,10 @@ def build(infra: Infra) -> Capability:
 
     async def erase(book_ref: str, by_device: str, request: Request) -> None:
         """Everything of the book goes; the audit keeps only the erasure itself."""
+        device_ids = await infra.members.device_ids_of_book(book_ref)
         await infra.hooks.book_erased(book_ref)
         await infra.members.erase_book(book_ref)
-        await infra.audit.erase_book(book_ref)
+        await infra.audit.erase_book(book_ref, device_ids)
         await infra.audit.record(
             "book",
             "erase",
@@ -135,10 +139,10 @@ def build(infra: Infra) -> Capability:
         caller = await infra.auth.authenticate(request.headers.get("authorization"))
         infra.auth.require_not_revoked(caller)
         if caller.device.role == PENDING:
-            raise forbidden("pending")
+            raise forbidden("pending", caller.device_id)
         claimed = caller.claims.book_id
         if claimed is not None and infra.hasher.book_ref(claimed) != caller.device.book_ref:
-            raise forbidden("wrong_book")
+            raise forbidden("wrong_book", caller.device_id)
         before = _query_int(request, "before", 1, 2**62)
         limit = min(_query_int(request, "limit", 1, None) or 50, 200)
         events, cursor = await infra.audit.for_device(caller.device_id, before, limit)

@@ -42,6 +42,12 @@ PRECEDENCE = (413, 401, 429, 403, 400, 404, 409)
 class ApiError(Exception):
     """An error the client is told about, with the contract's code."""
 
+    # The verified caller, when the refusal came after its token checked out: the one
+    # place that audits refusals (infra.context.record_refusal) names it, and only then.
+    device_id: str | None = None
+    # The limit's variable name on a 429, for the audit event and the metric.
+    limit_name: str | None = None
+
     def __init__(
         self,
         code: str,
@@ -65,5 +71,7 @@ def invalid_token(reason: str) -> ApiError:
     return ApiError("INVALID_TOKEN", "The token was refused.", {"reason": reason})
 
 
-def forbidden(reason: str) -> ApiError:
-    return ApiError("FORBIDDEN", "This device may not do that.", {"reason": reason})
+def forbidden(reason: str, device_id: str | None = None) -> ApiError:
+    err = ApiError("FORBIDDEN", "This device may not do that.", {"reason": reason})
+    err.device_id = device_id
+    return err

@@ -52,16 +52,32 @@ class IdHasher:
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
 
 
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a proxy may write it ("1.2.3.4", "1.2.3.4:5678", "[2001:db8::1]:443"),
+    IPv4-mapped IPv6 folded to IPv4 so one client has one form; None when malformed."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # IPv4 with a port; IPv6 has at least two colons
+        text = text.split(":", 1)[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
 def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
     """The peer address, or the right-most X-Forwarded-For hop not in TRUSTED_PROXIES
     when the peer is one (SPEC 6). Never trust the header from anyone else."""
-    peer = (scope.get("client") or ("unknown", 0))[0]
+    raw_peer = str((scope.get("client") or ("unknown", 0))[0])
+    peer = _parse_ip(raw_peer)
+    if peer is None:
+        return "unknown"
 
-    def trusted(ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
+    def trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(addr in net for net in trusted_proxies)
 
     if not trusted_proxies or not trusted(peer):
@@ -69,11 +85,13 @@ def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
     forwarded: list[str] = []
     for name, value in scope.get("headers", []):
         if name == b"x-forwarded-for":
-            forwarded.extend(h.strip() for h in value.decode("latin-1").split(","))
+            forwarded.extend(value.decode("latin-1").split(","))
     for hop in reversed(forwarded):
-        if not trusted(hop):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return "unknown"
+        addr = _parse_ip(hop)
+        if addr is None:
+            # A garbled hop from behind our proxy: not an address we can key on, and
+            # never one the client may choose, so all such calls share one bucket.
+            return "unknown"
+        if not trusted(addr):
+            return str(addr)
     return str(peer)

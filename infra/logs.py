@@ -12,9 +12,36 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+_HASH = re.compile(r"[0-9a-f]+")
+# Third-party loggers that print statements, frames or requests with their contents at
+# DEBUG (SQL parameters, WebSocket frames, signed S3 requests): never below INFO.
+QUIET_LIBRARIES = (
+    "aiosqlite",
+    "asyncpg",
+    "websockets",
+    "botocore",
+    "aiobotocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "httpcore",
+    "httpx",
+    "redis",
+    "limits",
+    "sentry_sdk",
+)
+
+
+def _blob(match: re.Match[str]) -> str:
+    """Base64-looking runs (keys, payloads) are masked; lowercase hex runs are our own
+    hashes (book_ref, ip_ref), which logs are meant to carry."""
+    return match.group() if _HASH.fullmatch(match.group()) else "[blob]"
+
 
 # Field names whose values never reach a log line.
 SENSITIVE_KEYS = frozenset(
@@ -41,13 +68,20 @@ SENSITIVE_KEYS = frozenset(
         "query_string",
     }
 )
-_PATTERNS = [
+_PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    # Raw paths name a book: put the template back (uvicorn's socket lines quote paths).
+    (re.compile(r"/books/[^/\s\"'?]+"), "/books/{book_id}"),
+    (re.compile(r"/ws/relay/[^/\s\"'?]+"), "/ws/relay/{book_id}"),
+    (re.compile(r"\?[^\s\"']*"), "?[query]"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"), "[token]"),
     (re.compile(r"(?i)bearer\s+\S+"), "Bearer [token]"),
     (re.compile(r"bearer\.[A-Za-z0-9._-]+"), "bearer.[token]"),
     (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), "[ip]"),
     (re.compile(r"\b(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{0,4}\b"), "[ip]"),
-    (re.compile(r"[A-Za-z0-9+/]{40,}={0,2}"), "[blob]"),
+    (re.compile(r"[0-9a-fA-F:]*::[0-9a-fA-F:]*"), "[ip]"),  # compressed IPv6
+    (re.compile(r"[A-Za-z0-9+/]{40,}={0,2}"), _blob),
+    # book_ids are UUIDs in the apps we know of; any UUID is masked, just in case.
+    (re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"), "[uuid]"),
     (re.compile(r"(?i)(postgres(?:ql)?|rediss?)://[^\s]+"), r"\1://[url]"),
 ]
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -121,6 +155,14 @@ def setup_logging(level: str = "INFO", stream: Any = None) -> logging.Handler:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # A library that brought its own handler would write past the root's filter.
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            for own in logger.handlers:
+                if not any(isinstance(f, RedactingFilter) for f in own.filters):
+                    own.addFilter(RedactingFilter())
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
     # uvicorn's access log prints raw paths (with book ids) and client addresses.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):

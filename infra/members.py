@@ -192,6 +192,13 @@ class Members:
             )
         return changed > 0, int(row["n"]) if row else 0
 
+    async def device_ids_of_book(self, book_ref: str) -> list[str]:
+        """Every device tied to the book: members, pending and revoked ones."""
+        rows = await self.db.fetch(
+            "SELECT device_id FROM devices WHERE book_ref = $1 ORDER BY device_id", book_ref
+        )
+        return [str(r["device_id"]) for r in rows]
+
     async def erase_book(self, book_ref: str) -> None:
         """Members' rows go (their keys may register again); revoked rows keep only
         the fact that the key is refused, no longer tied to the book."""

@@ -138,6 +138,7 @@ class InProcessServer:
             log_config=None,
             access_log=False,
             lifespan="on",
+            proxy_headers=False,  # as `serve` runs: TRUSTED_PROXIES decides, not uvicorn
             timeout_graceful_shutdown=2,
             ws_max_size=self.settings.max_op_bytes * 4 // 3 + 4096,
         )

@@ -167,7 +167,7 @@ def build(infra: Infra) -> Capability:
             raise await failed(ApiError("INVALID_SHORT_CODE", "The code is not 6 digits."))
         if caller.device.book_ref is not None:  # checked before the code: never consumed
             raise ApiError("DEVICE_EXISTS", "This device already belongs to a book.")
-        async with _inflight(state.get().store, budgets):
+        async with _inflight(infra, state.get().store, budgets):
             try:
                 session = await state.get().verify(caller.device, code)
             except ApiError as exc:
@@ -281,16 +281,26 @@ async def _count_failure(infra: Infra, keys: list[str]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _inflight(store: PairingStore, budgets: list[tuple[str, Verdict]]) -> AsyncIterator[None]:
-    """Hold one slot of each key's remaining budget while the code is checked, so N
-    parallel guesses with R failures left get at most R answers, the rest a 429."""
+async def _inflight(
+    infra: Infra, store: PairingStore, budgets: list[tuple[str, Verdict]]
+) -> AsyncIterator[None]:
+    """Hold a slot per limit key while the code is checked, then read the budget again:
+    a guess goes on only if the guesses in flight fit in what is left. A failure is
+    counted before its slot is freed, so however many guesses race, at most the limit
+    of them can fail in a window (the rest get a 429 without touching the code)."""
     held: list[str] = []
     try:
-        for key, verdict in budgets:
-            if not await store.reserve("verify:" + key, max(verdict.remaining, 0), INFLIGHT_TTL_S):
+        for key, _ in budgets:
+            slot = "verify:" + key
+            in_flight = await store.reserve(slot, INFLIGHT_TTL_S)
+            held.append(slot)
+            try:
+                verdict = await infra.limiter.test(VERIFY_LIMIT, key)
+            except LimitStoreDown:
+                raise limiter_down() from None
+            if verdict is not None and in_flight > verdict.remaining:
                 enforce(dataclasses.replace(verdict, allowed=False), VERIFY_LIMIT)
-            held.append("verify:" + key)
         yield
     finally:
-        for key in held:
-            await store.release(key)
+        for slot in held:
+            await store.release(slot)

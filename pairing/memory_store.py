@@ -141,12 +141,10 @@ class MemoryPairingStore:
                 del self._codes[mac]
         return due
 
-    async def reserve(self, key: str, cap: int, ttl_s: int) -> bool:
-        held = self._inflight.get(key, 0)
-        if held >= cap:
-            return False
-        self._inflight[key] = held + 1
-        return True
+    async def reserve(self, key: str, ttl_s: int) -> int:
+        held = self._inflight.get(key, 0) + 1
+        self._inflight[key] = held
+        return held
 
     async def release(self, key: str) -> None:
         held = self._inflight.get(key, 0) - 1

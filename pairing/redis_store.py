@@ -115,12 +115,8 @@ return out
 
 _RESERVE = """
 local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if n > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[1])
-  return 0
-end
-return 1
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return n
 """
 
 _RELEASE = """
@@ -297,11 +293,9 @@ class RedisPairingStore:
             due.append(Due(pairing_id, book_ref, joiner))
         return due
 
-    async def reserve(self, key: str, cap: int, ttl_s: int) -> bool:
+    async def reserve(self, key: str, ttl_s: int) -> int:
         with _guard():
-            return bool(
-                await self._reserve(keys=[PREFIX + "busy:" + key], args=[cap, ttl_s * 1000])
-            )
+            return int(await self._reserve(keys=[PREFIX + "busy:" + key], args=[ttl_s * 1000]))
 
     async def release(self, key: str) -> None:
         with _guard():

@@ -106,8 +106,9 @@ class PairingStore(Protocol):
         """Matched sessions whose time is up, each handed to exactly one caller."""
         ...
 
-    async def reserve(self, key: str, cap: int, ttl_s: int) -> bool:
-        """Hold one of `cap` in-flight slots for `key` (shared by every instance)."""
+    async def reserve(self, key: str, ttl_s: int) -> int:
+        """Hold an in-flight slot for `key` (shared by every instance); returns how many
+        are held now, this one included."""
         ...
 
     async def release(self, key: str) -> None: ...

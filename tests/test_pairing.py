@@ -159,10 +159,32 @@ async def test_expired_code_then_tombstone(tuned: Any) -> None:
         assert gone.status_code == 404 and error_code(gone) == "PAIRING_NOT_FOUND"
 
 
-async def test_codes_are_unique_among_live_codes(api: Api) -> None:
+async def test_codes_are_unique_among_live_codes(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = iter([42, 42, 42, 77])
+    monkeypatch.setattr("pairing.service.secrets.randbelow", lambda n: next(draws))
     g = await api.founder()
-    codes = [(await api.generate(g))["short_code"] for _ in range(10)]
-    assert len(set(codes)) == 10
+    first, second = await api.generate(g), await api.generate(g)
+    assert (first["short_code"], second["short_code"]) == ("000042", "000077")
+    assert first["pairing_id"] != second["pairing_id"]
+
+
+async def test_tombstone_lasts_300_seconds_and_blocks_reuse(
+    tuned: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ManualClock(time.time())
+    async with tuned(clock=clock) as (_, api):
+        g, j = await api.founder(), await api.newcomer()
+        monkeypatch.setattr("pairing.service.secrets.randbelow", lambda n: 123456)
+        code = (await api.generate(g))["short_code"]
+        clock.advance(301)
+        # Expired, but its tombstone still holds the code: no new code may take it.
+        assert error_code(await api.post("/pairing/generate", g, {"book_id": g.book_id})) == (
+            "SERVICE_UNAVAILABLE"
+        )
+        assert error_code(await api.verify(j, code)) == "SHORT_CODE_EXPIRED"
+        clock.advance(300)
+        assert error_code(await api.verify(j, code)) == "INVALID_SHORT_CODE"
+        assert (await api.generate(g))["short_code"] == code  # free again
 
 
 async def test_twenty_concurrent_verifies_one_winner(tuned: Any) -> None:

@@ -198,3 +198,30 @@ async def test_s3_down_is_s3_error_with_nothing_half_recorded(
                 (photo_id, "complete"),
                 (pending["photo_id"], "pending"),
             }
+
+
+async def test_s3_uploads_are_tagged_pending_until_complete(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The tag a bucket lifecycle rule expires abandoned uploads by (README)."""
+    import boto3
+
+    s = make_settings("production", tmp_path, request)
+    await reset_production(s)
+    async with storage_server(s) as (_srv, client, _rt):
+        device = await member(client)
+        upload = (await reserve(client, device, 3)).json()["data"]
+        assert upload["upload_headers"] == {
+            "Content-Length": "3",
+            "x-amz-tagging": "upload=pending",
+        }
+        assert (await put(client, upload, b"abc")).status_code == 200
+        s3 = boto3.client("s3", endpoint_url=s.s3_endpoint_url, region_name="us-east-1")
+        try:
+            tags = s3.get_object_tagging(Bucket=s.s3_bucket, Key=upload["s3_key"])["TagSet"]
+            assert tags == [{"Key": "upload", "Value": "pending"}]
+            assert (await complete(client, device, upload["photo_id"])).status_code == 200
+            tags = s3.get_object_tagging(Bucket=s.s3_bucket, Key=upload["s3_key"])["TagSet"]
+            assert tags == []
+        finally:
+            s3.close()

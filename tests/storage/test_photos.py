@@ -3,6 +3,7 @@ the same tests through the `backend` fixture."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -226,6 +227,10 @@ async def test_quota_counts_completed_and_pending(
         deleted = await client.delete(f"/api/v1/photos/{done}", headers=device.auth())
         assert deleted.status_code == 204
         assert (await reserve(client, device, 1500)).status_code == 201
+        # Racing reservations cannot overshoot the quota together.
+        racer = await member(client)
+        answers = await asyncio.gather(*(reserve(client, racer, 400) for _ in range(10)))
+        assert sorted(a.status_code for a in answers) == [201] * 7 + [413] * 3
 
 
 async def test_rate_limits_per_device(

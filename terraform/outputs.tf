@@ -17,7 +17,7 @@ output "cluster_name" {
 }
 
 output "cluster_endpoint" {
-  description = "EKS API endpoint."
+  description = "EKS API endpoint; reachable from admin_cidrs and from inside the VPC."
   value       = aws_eks_cluster.main.endpoint
 }
 

@@ -87,7 +87,9 @@ def _plain(node: Any) -> Any:
     """python-hcl2 keeps quotes and markers; strip them so tests read plain values."""
     if isinstance(node, dict):
         return {
-            _unquote(k): _plain(v) for k, v in node.items() if k not in ("__is_block__", "__comments__")
+            _unquote(k): _plain(v)
+            for k, v in node.items()
+            if k not in ("__is_block__", "__comments__")
         }
     if isinstance(node, list):
         return [_plain(v) for v in node]
@@ -97,8 +99,14 @@ def _plain(node: Any) -> Any:
 def _install(python: str) -> None:
     if not (TOOLS_VENV / "bin" / "python").exists():
         subprocess.run([python, "-m", "venv", str(TOOLS_VENV)], check=True, capture_output=True)
-    pip = [str(TOOLS_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
-           "--disable-pip-version-check"]
+    pip = [
+        str(TOOLS_VENV / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+    ]
     for cmd in (
         [*pip, "-r", str(HERE / "tools.txt")],
         [*pip, "--upgrade", "--target", str(HCL_DIR), "-r", str(HERE / "hcl-tools.txt")],

@@ -61,8 +61,10 @@ def test_names_exactly_the_variables_the_server_reads(
 
 def test_backend_urls_point_at_the_compose_services(compose: dict[str, Any]) -> None:
     env = compose["services"]["relay"]["environment"]
-    assert re.fullmatch(r"postgresql://homepocket:\$\{POSTGRES_PASSWORD\}@postgres:5432/homepocket",
-                        env["DATABASE_URL"])
+    assert re.fullmatch(
+        r"postgresql://homepocket:\$\{POSTGRES_PASSWORD\}@postgres:5432/homepocket",
+        env["DATABASE_URL"],
+    )
     assert env["REDIS_URL"] == "redis://redis:6379/0"
     assert env["S3_BUCKET"] == "homepocket-photos"
     assert "minio" in env["S3_ENDPOINT_URL"]

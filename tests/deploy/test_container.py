@@ -83,7 +83,7 @@ def test_every_server_package_is_copied_and_nothing_else_enters_the_context() ->
     for package in PYPROJECT["tool"]["mypy"]["packages"]:
         assert package in copied, f"{package}/ is not copied into the image"
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert ignore[[i for i, line in enumerate(ignore) if not line.startswith("#")][0]] == "*", (
+    assert ignore[next(i for i, line in enumerate(ignore) if not line.startswith("#"))] == "*", (
         ".dockerignore starts by excluding everything (no .env, .venv or data leaks in)"
     )
     allowed = {line.strip("!/") for line in ignore if line.startswith("!")}

@@ -16,14 +16,20 @@ from tests.deploy.conftest import K8S_DIR, KUBERNETES_VERSION, SDK_VARIABLES, To
 pytestmark = pytest.mark.timeout(1500)  # the first test may install the tools
 
 MANIFEST_FILES = sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
-PRD_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"},
-                 "limits": {"cpu": "500m", "memory": "512Mi"}}  # PRD 5.1
+PRD_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"cpu": "500m", "memory": "512Mi"},
+}  # PRD 5.1
 SECRET_VARIABLES = {"DATABASE_URL", "REDIS_URL", "ID_HASH_KEY", "SENTRY_DSN"}
 
 
 def test_manifests_validate_against_the_kubernetes_schemas(tools: Tools) -> None:
     proc = tools.run(
-        "kubernetes-validate", "--strict", "--quiet", "-k", KUBERNETES_VERSION,
+        "kubernetes-validate",
+        "--strict",
+        "--quiet",
+        "-k",
+        KUBERNETES_VERSION,
         *map(str, MANIFEST_FILES),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -45,7 +51,9 @@ def test_kustomization_applies_every_manifest() -> None:
     assert sorted(kustomization["resources"]) == sorted(p.name for p in MANIFEST_FILES)
 
 
-def test_probes_use_the_servers_routes(manifests: dict[str, Any], app_routes: frozenset[str]) -> None:
+def test_probes_use_the_servers_routes(
+    manifests: dict[str, Any], app_routes: frozenset[str]
+) -> None:
     relay = container(manifests["Deployment"])
     assert relay["livenessProbe"]["httpGet"]["path"] == "/health"
     assert relay["readinessProbe"]["httpGet"]["path"] == "/ready"
@@ -119,7 +127,9 @@ def test_environment_is_what_the_server_reads_and_secrets_come_from_a_secret(
             ref = entry["valueFrom"]["secretKeyRef"]
             assert ref["name"] == "homepocket-relay" and ref["key"] == entry["name"]
     assert not SECRET_VARIABLES & set(manifests["ConfigMap"]["data"]), "no secret in a ConfigMap"
-    assert relay["envFrom"] == [{"configMapRef": {"name": manifests["ConfigMap"]["metadata"]["name"]}}]
+    assert relay["envFrom"] == [
+        {"configMapRef": {"name": manifests["ConfigMap"]["metadata"]["name"]}}
+    ]
 
 
 def test_shutdown_leaves_time_to_close_sockets_with_1012(manifests: dict[str, Any]) -> None:
@@ -170,7 +180,9 @@ def test_runs_locked_down(manifests: dict[str, Any]) -> None:
     assert {"/tmp", data_dir} <= mounted, "writable scratch where the server may write"
     account = manifests["ServiceAccount"]
     assert spec["serviceAccountName"] == account["metadata"]["name"]
-    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith(
+        "arn:aws:iam::"
+    )
 
 
 def test_disruption_budget_and_autoscaler_target_the_relay(manifests: dict[str, Any]) -> None:
@@ -181,7 +193,9 @@ def test_disruption_budget_and_autoscaler_target_the_relay(manifests: dict[str, 
     assert pdb["maxUnavailable"] == 1
     hpa = manifests["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"],
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
     }
     assert hpa["minReplicas"] >= 3, "one replica per AZ at least"
     assert hpa["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["maxReplicas"]

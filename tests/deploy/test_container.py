@@ -4,13 +4,21 @@ server expects (its console script, its port, its health route, non-root)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import signal
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
+import httpx
 import pytest
 
 from infra.settings import Settings
 from tests.deploy.conftest import ROOT, Tools, dockerfile_stages
+from tests.support.services import ID_HASH_KEY, free_port, wait_port
 
 pytestmark = pytest.mark.timeout(1500)  # the first test may install the tools
 
@@ -88,3 +96,61 @@ def test_every_server_package_is_copied_and_nothing_else_enters_the_context() ->
     )
     allowed = {line.strip("!/") for line in ignore if line.startswith("!")}
     assert allowed == {*PYPROJECT["tool"]["mypy"]["packages"], "pyproject.toml", "README.md"}
+
+
+def test_dependency_layer_lists_what_pip_would_install(tmp_path: Path) -> None:
+    """The build stage installs dependencies from a list it derives from pyproject
+    (so that layer survives source edits); run that very command and compare."""
+    build = dockerfile_stages(DOCKERFILE)[0]
+    run = next(args for ins, args in build if ins == "RUN" and "tomllib" in args)
+    command = run.split(" > requirements.txt")[0]
+    assert command.startswith("python -c ")
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    proc = subprocess.run(
+        [sys.executable, "-c", shlex.split(command)[2]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    project = PYPROJECT["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["production"]
+    assert proc.stdout.split("\n")[:-1] == wanted
+
+
+def test_server_starts_without_pip_or_setuptools(tmp_path: Path) -> None:
+    """The runtime image has neither: start the real console script with both made
+    unimportable and ask /health and /ready."""
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoBuildTools:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('pip', 'setuptools', 'pkg_resources', 'wheel'):\n"
+        "            raise ImportError(name + ' is not in the runtime image')\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _NoBuildTools())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(blocker), "ID_HASH_KEY": ID_HASH_KEY}
+    port = free_port()
+    exe = Path(sys.executable).parent / "homepocket-relay"
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_port(port, 30)
+            for route in ("/health", "/ready"):
+                answer = httpx.get(f"http://127.0.0.1:{port}{route}", timeout=10)
+                assert answer.status_code == 200, answer.text
+        finally:
+            proc.send_signal(signal.SIGTERM)  # as Kubernetes stops it
+            proc.wait(15)
+    output = log_path.read_text()
+    assert "Application shutdown complete" in output, output[-2000:]
+    assert "is not in the runtime image" not in output

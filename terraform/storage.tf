@@ -115,7 +115,8 @@ resource "aws_s3_bucket_cors_configuration" "photos" {
 # - objects still tagged upload=pending expire one day after they were written
 #   (a presigned PUT may carry `x-amz-tagging: upload=pending` in its signed
 #   headers, the complete call then removes the tag; an untagged object is never
-#   touched by this rule);
+#   touched by this rule). S3 counts lifecycle days to the next midnight UTC, so
+#   this acts 24 to 48 hours after the upload: a backstop, not the exact 24 h;
 # - multipart uploads never finished are aborted after a day.
 # The exact job (rows and objects of uploads not completed within 24 h, and the
 # quota they held) is the server's own sweeper, which runs the same way on S3 and

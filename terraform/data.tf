@@ -75,6 +75,15 @@ resource "aws_iam_role_policy_attachment" "rds_monitoring" {
   policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
 }
 
+# RDS would make these log groups itself, kept forever; made here, they expire.
+resource "aws_cloudwatch_log_group" "postgres" {
+  #checkov:skip=CKV_AWS_338:Database logs are kept log_retention_days (default 30) to bound CloudWatch cost (PRD 5.4); they hold no data the server must keep.
+  for_each          = toset(["postgresql", "upgrade"])
+  name              = "/aws/rds/instance/${local.name}-postgres/${each.value}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.main.arn
+}
+
 resource "aws_db_instance" "main" {
   identifier                          = "${local.name}-postgres"
   engine                              = "postgres"
@@ -110,6 +119,8 @@ resource "aws_db_instance" "main" {
   performance_insights_enabled          = true
   performance_insights_kms_key_id       = aws_kms_key.main.arn
   performance_insights_retention_period = 7
+
+  depends_on = [aws_cloudwatch_log_group.postgres]
 }
 
 # ---- Redis ------------------------------------------------------------------------

@@ -159,7 +159,7 @@ variable "lb_controller_policy_arn" {
 }
 
 variable "log_retention_days" {
-  description = "Days CloudWatch keeps EKS control-plane and VPC flow logs. Short on purpose: flow logs hold client addresses."
+  description = "Days CloudWatch keeps EKS control-plane, VPC flow and RDS logs. Short on purpose: flow logs hold client addresses."
   type        = number
   default     = 30
 }

@@ -205,3 +205,34 @@ def test_cluster_runs_the_manifests(tf: dict[str, Any], manifests: dict[str, Any
         r["from"][0]["ipBlock"]["cidr"] for r in manifests["NetworkPolicy"]["spec"]["ingress"]
     ]
     assert blocks == [cidr]
+
+
+def test_cost_table_describes_what_terraform_declares(tf: dict[str, Any]) -> None:
+    """docs/DEPLOY.md compares the PRD 5.4 table with the terraform defaults: the
+    sizes it names must be the ones terraform would create."""
+    guide = (TERRAFORM_DIR.parent / "docs" / "DEPLOY.md").read_text()
+    table = guide[guide.index("## Cost: PRD 5.4") :]
+    rows = {
+        cells[0]: cells[2]
+        for line in table.splitlines()
+        if line.startswith("| ")
+        and len(cells := [c.strip() for c in line.strip("|").split("|")]) == 4
+    }
+    var = {name: body.get("default") for name, body in tf["variable"].items()}
+    times = "\N{MULTIPLICATION SIGN}"  # the guide writes "3 <times> t3.small"
+    nodes = var["node_count"]["desired"]
+    assert f"{nodes} {times} {var['node_instance_type']}" in rows["EKS nodes"]
+    assert (
+        var["db_instance_class"] in rows["RDS PostgreSQL"] and "Multi-AZ" in rows["RDS PostgreSQL"]
+    )
+    assert f"{var['redis_replicas']} {times} {var['redis_node_type']}" in rows["ElastiCache Redis"]
+    assert "single_nat_gateway = true" in rows["NAT gateway"] and var["single_nat_gateway"] is True
+    for prd_item in (
+        "EKS control plane",
+        "S3 storage",
+        "S3 requests",
+        "data transfer out",
+        "CloudWatch logs",
+        "ALB",
+    ):
+        assert prd_item in rows, f"the PRD's {prd_item} row is missing"

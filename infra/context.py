@@ -159,15 +159,7 @@ async def count_call(
 
     `key` is a device_id or `infra.ip_key(conn)`; pass `origin` so that a refusal's
     audit event carries the blurred `ip_ref`."""
-    try:
-        verdict = await infra.limiter.hit(name, key)
-    except LimitStoreDown:
-        log.warning("rate-limit store unreachable", extra={"limit": name})
-        if fail_closed:
-            raise limiter_down() from None
-        return None
-    await _audit_if_refused(infra, verdict, name, key, origin)
-    return verdict
+    return await _ask(infra, infra.limiter.hit, name, key, fail_closed, origin)
 
 
 async def check_call(
@@ -176,8 +168,19 @@ async def check_call(
     """For limits that count only failures (failed pairing verifies): would this call
     pass now? Counts nothing; the caller counts a failure afterwards with `count_call`
     and ignores that verdict. A refusal is audited here."""
+    return await _ask(infra, infra.limiter.test, name, key, fail_closed, origin)
+
+
+async def _ask(
+    infra: Infra,
+    question: Callable[[str, str], Awaitable[Verdict | None]],
+    name: str,
+    key: str,
+    fail_closed: bool,
+    origin: Origin | None,
+) -> Verdict | None:
     try:
-        verdict = await infra.limiter.test(name, key)
+        verdict = await question(name, key)
     except LimitStoreDown:
         log.warning("rate-limit store unreachable", extra={"limit": name})
         if fail_closed:

@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidStatus
 
 from infra.settings import Settings
 from tests.support.keys import DeviceKey
-from tests.support.relay import Peer, make_book, open_peer, payload
+from tests.support.relay import make_book, open_peer, payload
 from tests.support.services import InProcessServer
 
 
@@ -66,7 +66,7 @@ async def test_subprotocol_auth_selects_relay_v1_and_never_echoes_the_token(
 async def test_refused_handshakes_close_with_the_reason(
     server: InProcessServer, client: httpx.AsyncClient, settings: Settings, case: str
 ) -> None:
-    book_id, (a, b) = await make_book(client, settings, 2)
+    book_id, (a, _b) = await make_book(client, settings, 2)
     other_book, (stranger,) = await make_book(client, settings, 1)
     kw: dict[str, object] = {}
     device = a
@@ -324,7 +324,7 @@ async def test_http_send_ops_and_sync_status(
     big = {"book_id": book_id, "payload": payload(settings.max_op_bytes + 3), "timestamp": 1}
     too_big = await client.post("/api/v1/relay/send", json=big, headers=a.auth())
     assert too_big.status_code == 413
-    stranger_book, (s,) = await make_book(client, settings, 1)
+    _stranger_book, (s,) = await make_book(client, settings, 1)
     body = {"book_id": book_id, "payload": payload(), "timestamp": 1}
     assert (await client.post("/api/v1/relay/send", json=body, headers=s.auth())).status_code == 403
     status = (await client.get(f"/api/v1/books/{book_id}/sync_status", headers=a.auth())).json()
@@ -388,7 +388,3 @@ async def test_slow_reader_is_cut_with_1013_and_resumes_losing_nothing(
         assert seqs == list(range(1, acked + 1))
         await pa.close()
         await resumed.close()
-
-
-def _unused(peer: Peer) -> None:  # keeps the import for type hints in helpers
-    return None

@@ -203,6 +203,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        log.close()  # the child holds its own copy
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

@@ -239,7 +239,7 @@ class RedisBroker:
 
     async def take_refund(self, device_id: str) -> bool:
         key = PREFIX + "refund:" + device_id
-        return bool(await self._r.evalsha(self._sha["refund"], 1, key))
+        return bool(await self._script("refund", [key], []))
 
     # Liveness: our heartbeat, and the sockets of instances that died without goodbye.
     async def _beat(self) -> None:

@@ -82,6 +82,9 @@ class Subscriber:
             except Exception:
                 log.warning("relay subscriber connection lost")
             self._connected.clear()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
             self.on_lost()
             while True:
                 await asyncio.sleep(delay)

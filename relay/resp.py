@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 Arg = bytes | str | int
+REPLY_TIMEOUT_S = 5.0  # a reply later than this: the connection is treated as lost
 
 
 class ReplyError(Exception):
@@ -87,9 +88,10 @@ class CommandConnection:
         self.url = url
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._out: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     async def call(self, *parts: Arg) -> Any:
@@ -97,11 +99,12 @@ class CommandConnection:
             async with self._lock:
                 if self._writer is None:
                     await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.append(pack(*parts))
-        self._waiting.append(future)
+        self._waiting.append((future, loop.time()))
         result = await future
         if isinstance(result, ReplyError):
             raise result
@@ -115,12 +118,25 @@ class CommandConnection:
     async def _connect(self) -> None:
         self._reader, self._writer = await open_stream(self.url, select_db=True)
         self._task = asyncio.ensure_future(self._read_forever(self._reader))
+        if self._watchdog is None:
+            self._watchdog = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        """A hung Redis must not hold appends forever: fail them, reconnect on next call.
+        (One timer for the connection, not one per command.)"""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            if self._waiting and loop.time() - self._waiting[0][1] > REPLY_TIMEOUT_S:
+                if self._task is not None:
+                    self._task.cancel()
+                self._lost()
 
     async def _read_forever(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 reply = await read_reply(reader)
-                future = self._waiting.popleft()
+                future, _ = self._waiting.popleft()
                 if not future.done():
                     future.set_result(reply)
         except asyncio.CancelledError:
@@ -134,13 +150,14 @@ class CommandConnection:
             writer.close()
         self._out.clear()
         while self._waiting:
-            future = self._waiting.popleft()
+            future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(ConnectionError("Redis connection lost"))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._lost()

@@ -236,3 +236,54 @@ async def test_redis_restart_closes_1012_and_resume_sees_a_new_epoch(
     finally:
         redis_proc.terminate()
         redis_proc.wait(10)
+
+
+async def test_hung_redis_refuses_ops_with_an_error_and_recovers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import shutil
+    import subprocess
+
+    from tests.support.services import free_port, wait_port
+
+    port = free_port()
+    redis_proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    try:
+        s = make_settings(
+            "production", tmp_path, request, with_s3=False, redis_url=f"redis://127.0.0.1:{port}/0"
+        )
+        await reset_production(s)
+        limits = dict.fromkeys(s.rate_limits)  # the limiter shares the hung Redis
+        s = make_settings(
+            "production",
+            tmp_path,
+            request,
+            with_s3=False,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            rate_limits=limits,
+        )
+        async with InProcessServer(s) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+            book_id, (a,) = await make_book(http, s, 1)
+            pa = await open_peer(srv.ws_url, book_id, a)
+            redis_proc.send_signal(signal.SIGSTOP)
+            await pa.op(id="stuck")
+            error = await pa.recv_type("error", "ack", timeout=10)
+            assert (error["type"], error["code"], error["id"]) == (
+                "error",
+                "SERVICE_UNAVAILABLE",
+                "stuck",
+            )
+            redis_proc.send_signal(signal.SIGCONT)
+            await pa.op(id="stuck")  # the client's retry goes through
+            ack = await pa.recv_type("ack", timeout=10)
+            assert ack["id"] == "stuck"
+            await pa.close()
+    finally:
+        redis_proc.send_signal(signal.SIGCONT)
+        redis_proc.terminate()
+        redis_proc.wait(10)

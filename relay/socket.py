@@ -75,14 +75,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from infra.context import Infra, count_call
-from infra.errors import ApiError
+from infra.context import Infra, count_call, record_refusal
+from infra.errors import ApiError, invalid_token
 from infra.validate import BOOK_ID
 from relay import ops
 from relay.broker import Broker, NewOp
@@ -148,17 +148,17 @@ class RelaySocket:
         infra = self.infra
         query = ws.query_params
         if any(name in query for name in QUERY_TOKEN_NAMES):
-            raise Refused(*TOKEN_EXPIRED)
+            await self._refuse(ws, invalid_token("invalid"), TOKEN_EXPIRED)
         authorization = ws.headers.get("authorization")
         bearers = [p for p in offered if p.startswith(BEARER_PREFIX)]
         if authorization is None and len(bearers) == 1:
             authorization = "Bearer " + bearers[0][len(BEARER_PREFIX) :]
         elif authorization is None or len(bearers) > 1:
-            raise Refused(*TOKEN_EXPIRED)
+            await self._refuse(ws, invalid_token("invalid"), TOKEN_EXPIRED)
         try:
             caller = await infra.auth.authenticate(authorization)
-        except ApiError:
-            raise Refused(*TOKEN_EXPIRED) from None
+        except ApiError as exc:
+            await self._refuse(ws, exc, TOKEN_EXPIRED)
         if not await self.broker.take_refund(caller.device_id):
             verdict = await count_call(
                 infra, "RATE_LIMIT_WS_CONNECT", caller.device_id, fail_closed=False
@@ -169,8 +169,8 @@ class RelaySocket:
         book_id = ws.path_params.get("book_id", "")
         try:
             book_ref = infra.auth.require_member(caller, book_id)
-        except ApiError:
-            raise Refused(4403, "FORBIDDEN") from None
+        except ApiError as exc:
+            await self._refuse(ws, exc, (4403, "FORBIDDEN"))
         since_raw, epoch = query.get("since"), query.get("epoch")
         since: int | None = None
         if since_raw is not None:
@@ -180,6 +180,12 @@ class RelaySocket:
         if epoch is not None and len(epoch) > 64:
             raise Refused(*MALFORMED)
         return caller.device_id, book_ref, caller.claims.exp, since, epoch
+
+    async def _refuse(self, ws: WebSocket, exc: ApiError, close: tuple[int, str]) -> NoReturn:
+        """A handshake refused for its credentials: audited as the HTTP 401s and 403s
+        are (hashed ids, throttled), then closed with the socket's code."""
+        await record_refusal(self.infra, exc, ws)
+        raise Refused(*close) from None
 
     async def _session(
         self,

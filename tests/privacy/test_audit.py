@@ -18,6 +18,7 @@ from infra.settings import Settings
 from tests.conftest import make_settings, reset_production
 from tests.privacy.support import new_book_id, register
 from tests.support.keys import DeviceKey
+from tests.support.relay import open_peer
 from tests.support.services import InProcessServer
 
 DAY = 24 * 3600
@@ -199,3 +200,31 @@ async def test_the_server_purges_by_itself(settings: Settings) -> None:
                 break
             await asyncio.sleep(0.02)
         assert [e["action"] for e in await events_of(srv.infra)] == ["new"]
+
+
+async def test_socket_handshake_refusals_are_audited_with_hashed_ids(
+    client: httpx.AsyncClient, server: InProcessServer
+) -> None:
+    device, attacker, book_id, elsewhere = DeviceKey(), DeviceKey(), new_book_id(), new_book_id()
+    await register(client, device, book_id)
+    wrong_book = device.token(elsewhere)
+    forged = attacker.token(book_id, sub=device.device_id)
+    for target, token, closed in (
+        (elsewhere, wrong_book, (4403, "FORBIDDEN")),
+        (book_id, forged, (4401, "INVALID_TOKEN")),
+    ):
+        peer = await open_peer(server.ws_url, target, device, token=token, welcome=False)
+        assert await peer.closed() == closed
+    events = {e["result"]: e for e in await events_of(server.infra, event_type="auth")}
+    assert set(events) == {"forbidden", "invalid_token"}
+    ip_ref = server.infra.hasher.ip_ref_for_audit("127.0.0.1")
+    refused = events["forbidden"]  # the token verified: the device is named
+    assert (refused["action"], refused["device_id"]) == ("not_member", device.device_id)
+    invalid = events["invalid_token"]  # only claimed: never named
+    assert (invalid["action"], invalid["device_id"]) == ("invalid", None)
+    assert refused["ip_ref"] == invalid["ip_ref"] == ip_ref
+    text = str(list(events.values()))
+    for secret in (book_id, elsewhere, wrong_book, forged, "127.0.0.1"):
+        assert secret not in text
+    actions = [e["action"] for e in (await export(client, device)).json()["data"]["events"]]
+    assert "not_member" in actions

@@ -120,6 +120,9 @@ class MemoryPairingStore:
     async def of_book(self, book_ref: str) -> list[str]:
         return [p for p, e in self._sessions.items() if e.session.book_ref == book_ref]
 
+    async def forget_book(self, book_ref: str) -> None:
+        return None  # no index here: `of_book` scans the sessions
+
     async def of_device(self, device_id: str) -> list[str]:
         return [
             p

@@ -93,10 +93,13 @@ if st[3] then redis.call('ZREM', KEYS[2], st[3]) end
 return {'decided', ARGV[2]}
 """
 
+# KEYS[6..] are the indexes naming the session (book, devices): an empty set is deleted,
+# so an erased book or revoked device leaves no index behind.
 _DROP = """
 local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[4], ARGV[2]) end
 if redis.call('HGET', KEYS[5], 'pid') == ARGV[1] then redis.call('DEL', KEYS[5]) end
+for i = 6, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
 return n
 """
 
@@ -274,6 +277,9 @@ class RedisPairingStore:
         key = _session_key(pairing_id)
         member = _due_member(session) if session.joiner else ""
         keys = [key, key + ":g", key + ":j", DUE_KEY, PREFIX + "code:" + session.code_mac]
+        keys += [PREFIX + "book:" + session.book_ref, PREFIX + "dev:" + session.generator]
+        if session.joiner:
+            keys.append(PREFIX + "dev:" + session.joiner)
         with _guard():
             await self._drop(keys=keys, args=[pairing_id, member])
         return session
@@ -281,6 +287,10 @@ class RedisPairingStore:
     async def of_book(self, book_ref: str) -> list[str]:
         with _guard():
             return [_s(m) for m in await self.client.smembers(PREFIX + "book:" + book_ref)]
+
+    async def forget_book(self, book_ref: str) -> None:
+        with _guard():
+            await self.client.delete(PREFIX + "book:" + book_ref)
 
     async def of_device(self, device_id: str) -> list[str]:
         with _guard():

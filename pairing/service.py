@@ -202,6 +202,7 @@ class Pairing:
     async def drop_book(self, book_ref: str) -> None:
         for pairing_id in await self.store.of_book(book_ref):
             await self.store.drop(pairing_id)
+        await self.store.forget_book(book_ref)
 
     async def sweep(self) -> int:
         """Remove the joiners whose session ended unconfirmed; returns how many."""

@@ -100,6 +100,10 @@ class PairingStore(Protocol):
 
     async def of_book(self, book_ref: str) -> list[str]: ...
 
+    async def forget_book(self, book_ref: str) -> None:
+        """The book's index goes with the book (it may still point at ended sessions)."""
+        ...
+
     async def of_device(self, device_id: str) -> list[str]: ...
 
     async def take_due(self, now: float) -> list[Due]:

@@ -227,12 +227,26 @@ class Session:
     erased: list[TracedKey]
     revoked: TracedKey
     canary: str
+    first: TracedKey | None = None
+    second: TracedKey | None = None
+    via: dict[str, str] = field(default_factory=dict)
+    # What the clients encrypted: the server must hold these bytes exactly, and never
+    # their plaintext (which is in `secrets`).
+    ciphertexts: dict[str, str] = field(default_factory=dict)
+    short_codes: list[str] = field(default_factory=list)
+    live_pairings: list[str] = field(default_factory=list)
 
 
 async def drive_session(
-    client: httpx.AsyncClient, infra: Any, forwarded_for: str | None = None
+    client: httpx.AsyncClient,
+    infra: Any,
+    forwarded_for: str | None = None,
+    ws_url: str | None = None,
+    erase: bool = True,
 ) -> Session:
-    """Register, list, revoke, refusals of every kind, a 500, the audit, erase."""
+    """Register, list, revoke, refusals of every kind, a 500, the audit, erase. With
+    `ws_url`: also pairing, relay ops and photos (`more_of_the_session`); with `erase`
+    off, the book is left for the caller to scan, then `erase_book`."""
     from tests.support.keys import hs256_with_public_key, unsigned
 
     via = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
@@ -287,18 +301,35 @@ async def drive_session(
     assert boom.status_code in (404, 500)  # 500 where the test route is installed
     audit = await client.get("/api/v1/audit", headers=first.auth())
     assert audit.status_code == 200
-    erased = await client.delete(base, headers={**via, **first.auth()})
-    assert erased.status_code == 204
-    stale = await client.get(base + "/devices", headers=second.auth())
-    assert stale.status_code == 401
 
     secrets = Secrets()
+    session = Session(secrets, book_id, [first, second], lost, canary, first, second, via)
+    if ws_url is not None:
+        await more_of_the_session(client, ws_url, session)
+    if erase:
+        await erase_book(client, session)
     secrets.add("raw book_id", book_id)
     secrets.add("canary", canary)
     for name, device in (("first", first), ("second", second), ("lost", lost), ("x", stranger)):
-        for i, token in enumerate(device.issued):
-            secrets.add_token(f"{name} token {i}", token)
-    return Session(secrets, book_id, [first, second], lost, canary)
+        add_tokens(secrets, name, device)
+    return session
+
+
+def add_tokens(secrets: Secrets, name: str, device: TracedKey) -> None:
+    for i, token in enumerate(device.issued):
+        secrets.add_token(f"{name} token {i}", token)
+
+
+async def erase_book(client: httpx.AsyncClient, session: Session) -> None:
+    first, second = session.first, session.second
+    assert first is not None and second is not None
+    base = f"/api/v1/books/{session.book_id}"
+    erased = await client.delete(base, headers={**session.via, **first.auth()})
+    assert erased.status_code == 204
+    stale = await client.get(base + "/devices", headers=second.auth())
+    assert stale.status_code == 401
+    for device in session.erased:  # tokens signed since the session was driven
+        add_tokens(session.secrets, device.device_id[:8], device)
 
 
 def add_public_keys(secrets: Secrets, devices: Iterable[DeviceKey]) -> None:
@@ -307,3 +338,193 @@ def add_public_keys(secrets: Secrets, devices: Iterable[DeviceKey]) -> None:
         secrets.add(
             f"public key {i} (urlsafe)", device.public_b64.replace("+", "-").replace("/", "_")
         )
+
+
+def encrypt(book_key: bytes, plaintext: str) -> bytes:
+    """What a client does before anything leaves the phone."""
+    from nacl.secret import SecretBox
+
+    return bytes(SecretBox(book_key).encrypt(plaintext.encode()))
+
+
+def decrypt(book_key: bytes, ciphertext: bytes) -> str:
+    from nacl.secret import SecretBox
+
+    return SecretBox(book_key).decrypt(ciphertext).decode()
+
+
+async def more_of_the_session(client: httpx.AsyncClient, ws_url: str, session: Session) -> None:
+    """A newcomer pairs through SPEC 5 (SAS, confirm, the book key boxed to it); ops
+    encrypted under that key go through the socket and `relay/send`; a photo goes
+    through its presigned URL; a second newcomer is left pending in a live session."""
+    import base64
+
+    from tests.support.relay import open_peer
+
+    first, via, secrets = session.first, session.via, session.secrets
+    assert first is not None
+    book_key = uuid.uuid4().bytes + uuid.uuid4().bytes
+    secrets.add("book key", base64.b64encode(book_key).decode())
+    joiner = TracedKey()
+    assert (await register(client, joiner, headers=via)).status_code == 201
+    pairing_id = await pair(client, first, joiner, session, book_key)
+    session.erased.append(joiner)
+    session.live_pairings.append(pairing_id)  # confirmed, and alive for its 10 minutes
+
+    peers = [
+        await open_peer(ws_url, session.book_id, d, token=d.token(), headers=via)
+        for d in (first, joiner)
+    ]
+    for peer in peers:
+        await peer.recv_type("sync_complete")
+    sent: list[str] = []
+    to_first: list[str] = []
+    for i, label in enumerate(("socket op", "relay/send op", "ciphertext-only op")):
+        plain = f"canary-{label.replace(' ', '-')}-{uuid.uuid4().hex}"
+        secrets.add(f"plaintext of the {label}", plain)
+        payload = base64.b64encode(encrypt(book_key, plain)).decode()
+        session.ciphertexts[label] = payload
+        if label == "relay/send op":
+            body = {"book_id": session.book_id, "payload": payload, "timestamp": 1_700_000_000}
+            response = await client.post(
+                "/api/v1/relay/send", json=body, headers={**via, **joiner.auth()}
+            )
+            assert response.status_code == 202, response.text
+        else:
+            await peers[0].op(payload, id=f"op-{i}")
+            while (reply := await peers[0].recv_type("ack", "crdt_operation"))["type"] != "ack":
+                to_first.append(reply["payload"])
+            assert reply["seq"] == i + 1
+        sent.append(payload)
+    # Forwarded exactly as encrypted (an op sent over HTTP reaches every socket), and
+    # only the book key opens them.
+    got = [(await peers[1].recv_type("crdt_operation"))["payload"] for _ in range(3)]
+    assert got == sent
+    if not to_first:
+        to_first.append((await peers[0].recv_type("crdt_operation"))["payload"])
+    assert to_first == [sent[1]]
+    assert decrypt(book_key, base64.b64decode(got[2])).startswith("canary-ciphertext-only")
+    listed = await client.get(
+        f"/api/v1/books/{session.book_id}/ops", headers={**via, **first.auth()}
+    )
+    assert [op["payload"] for op in listed.json()["data"]["ops"]] == sent
+    for peer in peers:
+        await peer.close()
+
+    await photo_round_trip(client, first, session, book_key)
+
+    late = TracedKey()
+    assert (await register(client, late, headers=via)).status_code == 201
+    generated = await client.post(
+        "/api/v1/pairing/generate",
+        json={"book_id": session.book_id},
+        headers={**via, **first.auth()},
+    )
+    code = generated.json()["data"]["short_code"]
+    session.short_codes.append(code)
+    verified = await client.post(
+        "/api/v1/pairing/verify",
+        json={"short_code": code, "public_key": late.public_b64},
+        headers={**via, **late.auth(None)},
+    )
+    assert verified.status_code == 200, verified.text
+    session.live_pairings.append(verified.json()["data"]["pairing_id"])
+    session.erased.append(late)
+    add_tokens(secrets, "joiner", joiner)
+    add_tokens(secrets, "late", late)
+
+
+async def pair(
+    client: httpx.AsyncClient, g: TracedKey, j: TracedKey, session: Session, book_key: bytes
+) -> str:
+    """SPEC 5 between G and J, through the server: code, commit, nonce, reveal, SAS,
+    confirm, the book key in a box from G to J. Returns the pairing_id."""
+    import base64
+
+    from pairing import sas
+    from tests.support.pairing import seed_of
+
+    via = session.via
+
+    async def call(path: str, device: TracedKey, body: dict[str, Any]) -> dict[str, Any]:
+        book = ... if device is g else None
+        response = await client.post(
+            f"/api/v1/pairing/{path}", json=body, headers={**via, **device.auth(book)}
+        )
+        assert response.status_code in (200, 201), response.text
+        return dict(response.json()["data"])
+
+    async def exchange(device: TracedKey, pid: str, payload: bytes | None = None) -> Any:
+        body: dict[str, Any] = {"pairing_id": pid}
+        if payload is not None:
+            body["payload"] = base64.b64encode(payload).decode()
+        return await call("exchange", device, body)
+
+    generated = await call("generate", g, {"book_id": session.book_id})
+    session.short_codes.append(generated["short_code"])
+    pid = generated["pairing_id"]
+    verified = await call(
+        "verify", j, {"short_code": generated["short_code"], "public_key": j.public_b64}
+    )
+    assert verified["book_id"] == session.book_id
+    pk_g, pk_j = g.public_raw, j.public_raw
+    n_g, n_j = sas.new_nonce(), sas.new_nonce()
+    await exchange(g, pid, sas.commit_message(pk_g, n_g))
+    seen = await exchange(j, pid, sas.nonce_message(n_j))
+    _, commit = sas.parse(base64.b64decode(seen["payloads"][0]))
+    await exchange(g, pid, sas.reveal_message(n_g))
+    revealed = (await exchange(j, pid))["payloads"][1]
+    _, n_g_seen = sas.parse(base64.b64decode(revealed))
+    sas.check_reveal(commit, pk_g, n_g_seen)
+    assert sas.sas(pk_g, pk_j, n_g, n_j) == sas.sas(pk_g, pk_j, n_g_seen, n_j)
+    assert (await call("confirm", g, {"pairing_id": pid, "accept": True}))["status"] == (
+        "confirmed"
+    )
+    await exchange(g, pid, sas.seal_book_key(book_key, seed_of(g), pk_j))
+    boxed = (await exchange(j, pid))["payloads"][-1]
+    assert sas.open_book_key(base64.b64decode(boxed), seed_of(j), pk_g) == book_key
+    j.book_id = session.book_id
+    return str(pid)
+
+
+async def photo_round_trip(
+    client: httpx.AsyncClient, device: TracedKey, session: Session, book_key: bytes
+) -> None:
+    """An encrypted photo up through its presigned URL, completed, and read back."""
+    plain = f"canary-photo-{uuid.uuid4().hex}"
+    session.secrets.add("plaintext of the photo", plain)
+    blob = encrypt(book_key, plain)
+    headers = {**session.via, **device.auth()}
+    upload = await client.post(
+        "/api/v1/photos/upload",
+        json={"book_id": session.book_id, "size_bytes": len(blob), "mime_type": "image/jpeg"},
+        headers=headers,
+    )
+    assert upload.status_code == 201, upload.text
+    made = upload.json()["data"]
+    put = await client.put(made["upload_url"], content=blob, headers=made["upload_headers"])
+    assert put.status_code in (200, 204), put.text
+    photo_id = made["photo_id"]
+    done = await client.post(f"/api/v1/photos/{photo_id}/complete", headers=headers)
+    assert done.status_code == 200, done.text
+    got = await client.get(f"/api/v1/photos/{photo_id}", headers=headers)
+    assert got.status_code == 200, got.text
+    body = (await client.get(got.json()["data"]["download_url"])).content
+    assert body == blob  # stored and served exactly as encrypted
+    session.ciphertexts["photo"] = blob.hex()
+
+
+async def s3_objects(endpoint: str) -> dict[str, bytes]:
+    """Every object of every bucket, key -> body."""
+    import aioboto3
+
+    session = aioboto3.Session(
+        aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
+    out: dict[str, bytes] = {}
+    async with session.client("s3", endpoint_url=endpoint) as s3:
+        for key in await s3_object_keys(endpoint):
+            bucket, _, name = key.partition("/")
+            got = await s3.get_object(Bucket=bucket, Key=name)
+            out[key] = await got["Body"].read()
+    return out

@@ -263,7 +263,7 @@ class Device {
         type: 'crdt_operation', payload, timestamp: Math.floor(Date.now() / 1000), id: prefix
       }))
     } else if (cfg.kind === 'ywss') {
-      this.map.set(key ?? 'k', makePayloadBytes(this.index, this.counter - 1, size))
+      this.map.set(key ?? 'd' + this.index, makePayloadBytes(this.index, this.counter - 1, size))
       const enc = encoding.createEncoder()
       encoding.writeVarUint(enc, 0) // messageSync
       syncProtocol.writeUpdate(enc, this.lastUpdate)
@@ -385,7 +385,9 @@ async function latency () {
   const rss = rssKb(cfg.server_pid)
   const closedEarly = devices.filter((d) => d.closed).length
   closeAll(devices)
-  return summary({ seconds, rate: delivered / seconds, offered: perSecond, rss_kb: rss, closed_early: closedEarly })
+  return summary({
+    seconds, rate: delivered / seconds, offered: perSecond, expected_rate: perSecond * (cfg.book_size - 1), rss_kb: rss, closed_early: closedEarly
+  })
 }
 
 async function idle () {
@@ -412,7 +414,9 @@ async function idle () {
     rss0_kb: rss0,
     rss1k_kb: rss1k,
     rssN_kb: rssN,
-    mb_per_1000: rss0 && rssN ? (rssN - rss0) / 1024 / (cfg.n / 1000) : null
+    mb_per_1000: rss0 && rssN ? (rssN - rss0) / 1024 / (cfg.n / 1000) : null,
+    // past the first 1,000: what each further connection costs, warm-up excluded
+    mb_per_1000_marginal: rss1k && rssN && cfg.n > 1000 ? (rssN - rss1k) / 1024 / ((cfg.n - 1000) / 1000) : null
   }
 }
 

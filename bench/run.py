@@ -329,7 +329,8 @@ def brief(res: dict[str, Any]) -> str:
     if res.get("workload") == "idle":
         return (
             f"{res['n']} conns, failures {res['failures']}, open after hold "
-            f"{res['open_after_hold']}, {fmt(res['mb_per_1000'], 1)} MB/1000"
+            f"{res['open_after_hold']}, {fmt(res['mb_per_1000'], 1)} MB/1000 "
+            f"({fmt(res.get('mb_per_1000_marginal'), 1)} past the first 1,000)"
         )
     if res.get("workload") == "catchup":
         return f"{res['missed']} missed ops in {', '.join(fmt(x, 0) for x in res['ms'])} ms"
@@ -381,8 +382,8 @@ def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
     elif name == "idle":
         lines += [
             "| round | server | connections | failures | open after hold | RSS idle MB | "
-            "RSS at 1,000 MB | RSS at N MB | MB per 1,000 |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "RSS at 1,000 MB | RSS at N MB | MB per 1,000 | MB per 1,000 past the first |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for i, row in enumerate(results, 1):
             for kind, res in row.items():
@@ -393,7 +394,7 @@ def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
                     f"| {i} | {LABELS[kind]} | {res['n']} | {res['failures']} | "
                     f"{res['open_after_hold']} | {fmt(kb_mb(res['rss0_kb']), 0)} | "
                     f"{fmt(kb_mb(res['rss1k_kb']), 0)} | {fmt(kb_mb(res['rssN_kb']), 0)} | "
-                    f"{fmt(res['mb_per_1000'], 1)} |"
+                    f"{fmt(res['mb_per_1000'], 1)} | {fmt(res.get('mb_per_1000_marginal'), 1)} |"
                 )
     else:
         lines += [

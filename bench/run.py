@@ -315,12 +315,84 @@ def run_workload(
                     "devices_file": str(devices_file) if devices_file else None,
                     **wl.gen,
                 }
+                spy = profile(kind, wl, r, server) if PROFILE_DIR else None
                 row[kind] = run_gen(cfg, tmp)
+                if spy is not None:
+                    spy.wait(60)
             finally:
                 server.close()
-            print(f"  round {r + 1} {kind}: {brief(row[kind])}", flush=True)
+            row[kind]["loadavg_1m"] = os.getloadavg()[0]
+            print(
+                f"  round {r + 1} {kind}: {brief(row[kind])} "
+                f"[load average {row[kind]['loadavg_1m']:.2f}]",
+                flush=True,
+            )
         results.append(row)
     return results
+
+
+PROFILE_DIR: Path | None = None
+
+
+def profile(kind: str, wl: Workload, r: int, server: Running) -> subprocess.Popen[bytes] | None:
+    """py-spy on our relay while the generator runs (its own figures are then perturbed:
+    py-spy shares core 1 with the generator). Collapsed stacks, summarised by spy_top."""
+    if not kind.startswith("relay") or "measure_s" not in wl.gen or PROFILE_DIR is None:
+        return None
+    out = PROFILE_DIR / f"{wl.name}-{kind}-{r + 1}.txt"
+    seconds = int(wl.gen["warmup_s"] + wl.gen["measure_s"])
+    spy = str(Path(PY).parent / "py-spy")
+    return subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            GEN_CORE,
+            spy,
+            "record",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "-d",
+            str(seconds),
+            "-p",
+            str(server.proc.pid),
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def spy_top(path: Path, top: int = 20) -> list[str]:
+    """Self and inclusive shares of the functions in a collapsed-stack profile."""
+    self_n: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            if " (" in f
+            else f
+            for f in stack.split(";")
+        ]
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    out = [f"{path.name}: {total} samples", "self:"]
+    for f, n in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * n / total:5.1f}%  {f}")
+    out.append("inclusive:")
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[: top * 2]:
+        out.append(f"  {100 * n / total:5.1f}%  {f}")
+    return out
 
 
 def brief(res: dict[str, Any]) -> str:
@@ -495,7 +567,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="shorter runs, 2,000 idle connections")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile our relay with py-spy during saturation/latency (perturbs figures)",
+    )
     args = ap.parse_args()
+    global PROFILE_DIR
+    if args.py_spy:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
+        PROFILE_DIR = args.py_spy
     if shutil.which("taskset") is None or shutil.which("node") is None:
         print("needs taskset and node", file=sys.stderr)
         return 2
@@ -528,6 +610,9 @@ def main() -> int:
             "For servers without acks, a message counts as acknowledged (for the window of "
             "8) when all 3 other members of its book have received it."
         )
+        if PROFILE_DIR is not None:
+            for prof in sorted(PROFILE_DIR.glob("*.txt")):
+                print("\n".join(spy_top(prof)))
         if os.environ.get("BENCH_KEEP_TMP"):
             print("kept", tmp)
         else:

@@ -324,6 +324,13 @@ function summary (extra) {
   }
 }
 
+// close codes of sockets the server closed during the run, e.g. {"1013": 3}
+function closeCodes (devices) {
+  const codes = {}
+  for (const d of devices) if (d.closed) codes[d.closed.code] = (codes[d.closed.code] || 0) + 1
+  return codes
+}
+
 function closeAll (devices) {
   for (const d of devices) if (d.ws) d.ws.terminate()
 }
@@ -351,8 +358,9 @@ async function saturation () {
   const seconds = (now() - t0) / 1000
   const rss = rssKb(cfg.server_pid)
   const closedEarly = devices.filter((d) => d.closed).length
+  const codes = closeCodes(devices)
   closeAll(devices)
-  return summary({ seconds, rate: delivered / seconds, rss_kb: rss, closed_early: closedEarly })
+  return summary({ seconds, rate: delivered / seconds, rss_kb: rss, closed_early: closedEarly, close_codes: codes })
 }
 
 async function latency () {
@@ -384,8 +392,10 @@ async function latency () {
   await sleep(200)
   const rss = rssKb(cfg.server_pid)
   const closedEarly = devices.filter((d) => d.closed).length
+  const codes = closeCodes(devices)
   closeAll(devices)
   return summary({
+    close_codes: codes,
     seconds, rate: delivered / seconds, offered: perSecond, expected_rate: perSecond * (cfg.book_size - 1), rss_kb: rss, closed_early: closedEarly
   })
 }

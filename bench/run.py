@@ -410,7 +410,11 @@ def brief(res: dict[str, Any]) -> str:
         f"{res['rate']:.0f} delivered/s, p50 {fmt(res['p50_ms'], 1)} ms, "
         f"p99 {fmt(res['p99_ms'], 1)} ms, RSS {fmt(kb_mb(res.get('rss_kb')), 0)} MB"
         + (f", errors {res['errors']}" if res.get("errors") else "")
-        + (f", closed early {res['closed_early']}" if res.get("closed_early") else "")
+        + (
+            f", closed by the server early {res['closed_early']} (codes {res.get('close_codes')})"
+            if res.get("closed_early")
+            else ""
+        )
     )
 
 
@@ -434,8 +438,8 @@ def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
     if name in ("saturation", "latency"):
         lines += [
             "| round | server | delivered msg/s | x y-websocket | x Node ws | p50 ms | "
-            "p99 ms | RSS MB | acked by |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "p99 ms | RSS MB | acked by | sockets the server closed |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for i, row in enumerate(results, 1):
             base = row.get("ywss", {}).get("rate")
@@ -449,7 +453,8 @@ def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
                     f"{fmt(ratio(res['rate'], base), 2)} | {fmt(ratio(res['rate'], ceil), 2)} | "
                     f"{fmt(res['p50_ms'], 1)} | {fmt(res['p99_ms'], 1)} | "
                     f"{fmt(kb_mb(res.get('rss_kb')), 0)} | "
-                    f"{ACK_NOTE.get(kind, 'all 3 other members received it')} |"
+                    f"{ACK_NOTE.get(kind, 'all 3 other members received it')} | "
+                    f"{res.get('closed_early') or 0} {res.get('close_codes') or ''} |"
                 )
     elif name == "idle":
         lines += [

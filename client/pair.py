@@ -51,9 +51,9 @@ class Paired:
 
 
 def _sas() -> Any:
-    from pairing import sas
+    import importlib
 
-    return sas
+    return importlib.import_module("pairing.sas")
 
 
 async def invite(device: Device) -> Invitation:

@@ -152,7 +152,7 @@ class RelaySession:
                             continue  # the server sends text only
                         for line in frame.split("\n"):
                             if line.strip():
-                                await self._handle(json.loads(line))
+                                await self._handle_line(line)
                 finally:
                     for task in helpers:
                         task.cancel()
@@ -206,6 +206,16 @@ class RelaySession:
         self.wake()
 
     # --- messages ----------------------------------------------------------------------
+
+    async def _handle_line(self, line: str) -> None:
+        """The server is trusted to relay, not to be well-formed: a message we cannot
+        read is skipped, never allowed to end the session."""
+        try:
+            msg = json.loads(line)
+            if isinstance(msg, dict):
+                await self._handle(msg)
+        except (ValueError, KeyError, TypeError):
+            log.warning("skipped a malformed message from the server")
 
     async def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")

@@ -101,7 +101,10 @@ def _serve(settings: Settings) -> int:
         port=settings.port,
         ws="websockets-sansio",  # measured: about twice the default's throughput
         ws_per_message_deflate=False,  # ciphertext does not compress
-        ws_ping_interval=None,  # the relay runs its own heartbeat (SPEC 4)
+        # The relay's heartbeat (SPEC 4): ASGI apps cannot send ping frames, so uvicorn
+        # pings every interval and drops a peer whose pong is late past the timeout.
+        ws_ping_interval=settings.heartbeat_interval_s,
+        ws_ping_timeout=max(1.0, settings.heartbeat_timeout_s - settings.heartbeat_interval_s),
         ws_max_size=settings.max_op_bytes * 4 // 3 + 4096,
         loop="uvloop" if _has("uvloop") else "asyncio",
         http="httptools" if _has("httptools") else "h11",

@@ -47,6 +47,7 @@ _PATTERNS = [
     (re.compile(r"bearer\.[A-Za-z0-9._-]+"), "bearer.[token]"),
     (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), "[ip]"),
     (re.compile(r"\b(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{0,4}\b"), "[ip]"),
+    (re.compile(r"(/ws/relay/|/books/)[A-Za-z0-9_-]{16,128}"), r"\1{book_id}"),
     (re.compile(r"[A-Za-z0-9+/]{40,}={0,2}"), "[blob]"),
     (re.compile(r"(?i)(postgres(?:ql)?|rediss?)://[^\s]+"), r"\1://[url]"),
 ]

@@ -134,7 +134,10 @@ class InProcessServer:
             port=self.port,
             ws="websockets-sansio",
             ws_per_message_deflate=False,
-            ws_ping_interval=None,
+            ws_ping_interval=self.settings.heartbeat_interval_s,
+            ws_ping_timeout=max(
+                0.2, self.settings.heartbeat_timeout_s - self.settings.heartbeat_interval_s
+            ),
             log_config=None,
             access_log=False,
             lifespan="on",
@@ -203,6 +206,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        log.close()  # the child holds its own copy
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

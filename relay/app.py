@@ -1,0 +1,59 @@
+"""Wires the relay into the app: the broker chosen from settings, this instance's hub
+(which becomes `infra.live`), the socket route, the HTTP routes and the background
+loops. Never logs a payload or a raw book_id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from starlette.routing import BaseRoute, WebSocketRoute
+
+from infra.context import Capability, Infra
+from relay import http
+from relay.broker import open_broker
+from relay.hub import ERASED, REVOKED, Hub
+from relay.records import SyncRecords
+from relay.socket import RelaySocket
+
+
+def build(infra: Infra) -> Capability:
+    broker = open_broker(infra.settings, infra.redis, infra.clock.now)
+    hub = Hub(broker)
+    records = SyncRecords(lambda: infra.db)
+    infra.live = hub
+
+    async def device_revoked(book_ref: str, device_id: str) -> None:
+        await hub.close_device(book_ref, device_id, *REVOKED)
+
+    async def book_erased(book_ref: str) -> None:
+        records.forget(book_ref)
+        await broker.drop_book(book_ref)
+        await hub.close_book(book_ref, *ERASED)
+
+    infra.hooks.on_device_revoked.append(device_revoked)
+    infra.hooks.on_book_erased.append(book_erased)
+
+    async def start() -> None:
+        await broker.start(hub)
+        infra.spawn(records.flush_forever())
+
+    async def stop() -> None:
+        # uvicorn has already closed the sockets with 1012 by now; these are stragglers.
+        hub.close_all(1012, "SERVER_RESTARTING")
+        with contextlib.suppress(Exception):
+            await records.flush()
+        await broker.stop()
+
+    routes: list[BaseRoute] = [
+        WebSocketRoute("/ws/relay/{book_id}", RelaySocket(infra, hub, broker, records)),
+        *http.routes(infra, broker, hub, records),
+    ]
+    return Capability(
+        "relay",
+        routes,
+        openapi_paths=http.OPENAPI,
+        start=start,
+        stop=stop,
+        ready_checks={"relay": broker.ping},
+    )

@@ -1,0 +1,189 @@
+"""The broker interface: per-book seq and epoch, the bounded ciphertext backlog, the bus
+between instances, and who has sockets open. Two backends, one factory.
+
+Never decodes, parses or logs a payload; never sees a raw book_id (only `book_ref`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from infra.settings import Settings
+
+OP_PREFIX = '{"type":"crdt_operation","seq":'
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def new_epoch() -> str:
+    """An opaque epoch: 96 random bits, never a counter (SPEC 4)."""
+    return secrets.token_hex(12)
+
+
+def op_tail(payload: str, timestamp: int, device_id: str, relay_timestamp: int) -> str:
+    """Everything of the forwarded op after its seq, serialised once for all receivers.
+
+    The payload string goes out exactly as it came in (never decoded, never re-encoded).
+    """
+    tail = orjson.dumps(
+        {
+            "payload": payload,
+            "timestamp": timestamp,
+            "device_id": device_id,
+            "relay_timestamp": relay_timestamp,
+        }
+    )
+    return "," + tail[1:].decode()
+
+
+def op_line(seq: int, tail: str) -> str:
+    return f"{OP_PREFIX}{seq}{tail}"
+
+
+@dataclass(frozen=True)
+class NewOp:
+    device_id: str  # the authenticated sender, never what the client wrote
+    client_id: str | None
+    payload: str  # base64 as received
+    timestamp: int
+    origin: str  # connection id of the sender ("" for HTTP), so it is not echoed to itself
+    now: int
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    relay_timestamp: int
+    duplicate: bool  # a retried client id: acked with the first seq, not relayed again
+
+
+@dataclass(frozen=True)
+class Head:
+    epoch: str
+    latest_seq: int
+    oldest_seq: int  # latest_seq + 1 when nothing is retained
+    retained_bytes: int
+
+    @property
+    def retained_ops(self) -> int:
+        return self.latest_seq - self.oldest_seq + 1
+
+
+@dataclass(frozen=True)
+class History:
+    head: Head
+    start: int  # the lines are the ops after this seq
+    gap: bool  # what was asked for is gone: `start` is the resume point
+    lines: list[str]  # forwarded-op JSON lines, increasing seq
+
+    @property
+    def last_seq(self) -> int:
+        return self.start + len(self.lines)
+
+    @property
+    def has_more(self) -> bool:
+        return self.last_seq < self.head.latest_seq
+
+
+def read_plan(head: Head, since: int, epoch: str | None) -> tuple[int, bool]:
+    """Where a read starts (after this seq) and whether it is a gap (SPEC 4)."""
+    gap = (
+        (since > 0 and epoch != head.epoch)
+        or since > head.latest_seq
+        or since + 1 < head.oldest_seq
+    )
+    return (head.oldest_seq - 1 if gap else since), gap
+
+
+class Sink(Protocol):
+    """Where a broker hands what arrives on the bus (the hub of this instance)."""
+
+    def on_op(self, book_ref: str, origin: str, seq: int, line: str) -> None: ...
+
+    def on_control(self, book_ref: str, control: dict[str, Any]) -> None: ...
+
+    def on_bus_lost(self) -> None:
+        """The subscription dropped: what this instance believed may be stale."""
+        ...
+
+
+class Broker(Protocol):
+    instance: str  # this process's random id, prefix of its connection ids
+
+    async def start(self, sink: Sink) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def append(self, book_ref: str, op: NewOp) -> Appended:
+        """Assign the next seq, keep the op in the backlog and publish it: one atomic step."""
+        ...
+
+    async def history(self, book_ref: str, since: int, epoch: str | None, limit: int) -> History:
+        """Up to `limit` retained ops after `since` (or after the resume point of a gap)."""
+        ...
+
+    async def head(self, book_ref: str, now: int) -> Head: ...
+
+    async def publish(self, book_ref: str, control: dict[str, Any]) -> None:
+        """A control message to every instance with sockets of the book (this one too)."""
+        ...
+
+    async def listen(self, book_ref: str) -> None:
+        """Start receiving the book's bus messages; returns once they will arrive."""
+        ...
+
+    async def unlisten(self, book_ref: str) -> None: ...
+
+    async def drop_book(self, book_ref: str) -> None:
+        """Erasure: the backlog, counters and socket records of the book are gone."""
+        ...
+
+    async def socket_opened(
+        self, book_ref: str, device_id: str, conn_id: str, now: int
+    ) -> list[str]:
+        """Record a socket; returns the device's live socket ids, oldest first."""
+        ...
+
+    async def socket_closed(self, book_ref: str, device_id: str, conn_id: str) -> bool:
+        """Forget a socket; returns True when the device still has one open anywhere."""
+        ...
+
+    async def online(self, book_ref: str) -> set[str]: ...
+
+    async def refund_connect(self, device_id: str, window_s: int) -> None:
+        """A connect the server itself ended (1012, 1013) does not count (SPEC 6)."""
+        ...
+
+    async def take_refund(self, device_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class BacklogLimits:
+    max_ops: int
+    max_bytes: int
+    max_age_s: int
+
+    @classmethod
+    def of(cls, s: Settings) -> BacklogLimits:
+        return cls(s.backlog_max_ops, s.backlog_max_bytes, s.backlog_max_age_s)
+
+
+Clock = Callable[[], float]
+
+
+def open_broker(settings: Settings, redis: Callable[[], Any], clock: Clock) -> Broker:
+    """Redis when REDIS_URL is set (many instances act as one), else in-process."""
+    limits = BacklogLimits.of(settings)
+    if settings.redis_url:
+        from relay.redis_broker import RedisBroker  # production dependency, lazily
+
+        return RedisBroker(redis, settings.redis_url, limits, clock)
+    from relay.memory import MemoryBroker
+
+    return MemoryBroker(limits, clock)

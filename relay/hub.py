@@ -1,0 +1,290 @@
+"""This instance's open relay sockets, the fan-out to them, and the `LiveChannel` other
+capabilities use to reach sockets on every instance.
+
+The fan-out loop never awaits: it appends one already-serialised line to each
+socket's bounded queue, and each socket's writer sends what is queued as one frame.
+Never decodes or logs a payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from infra.metrics import RELAY_DELIVERIES, WS_CLOSES
+from relay.broker import Broker
+
+log = logging.getLogger("homepocket.relay")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+CLOSE_SEND_TIMEOUT_S = 5.0
+
+# Close codes of SPEC 4, and the reason each carries.
+TOKEN_EXPIRED = (4401, "INVALID_TOKEN")
+REVOKED = (4403, "FORBIDDEN")
+REPLACED = (4409, "TOO_MANY_SOCKETS")
+ERASED = (4410, "BOOK_ERASED")
+MALFORMED = (1008, "VALIDATION_ERROR")
+TOO_SLOW = (1013, "SLOW_CONSUMER")
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return orjson.dumps(message).decode()
+
+
+class Conn:
+    """One socket's outgoing side: a bounded queue drained by one writer task.
+
+    While `holding` (welcome and replay not yet sent), live traffic waits in `held` and
+    goes out after the replay, ops the replay already covered skipped.
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        conn_id: str,
+        device_id: str,
+        book_ref: str,
+        frame_limit: int,
+        queue_limit: int,
+    ) -> None:
+        self.send = send
+        self.conn_id = conn_id
+        self.device_id = device_id
+        self.book_ref = book_ref
+        self.frame_limit = frame_limit
+        self.queue_limit = queue_limit
+        self.out: deque[str] = deque()
+        self.out_bytes = 0
+        self.wake = asyncio.Event()
+        self.low = asyncio.Event()  # set after each frame goes out, and on close
+        self.holding = True
+        self.held: list[tuple[int, str]] = []  # (seq, line); seq 0 for non-ops
+        self.held_bytes = 0
+        self.last_seq = 0  # highest seq queued to this socket
+        self.closed: tuple[int, str] | None = None
+        self.finished = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.ensure_future(self._write_forever())
+
+    def push(self, line: str) -> None:
+        """Queue one message line; a socket that cannot keep up is cut off (1013)."""
+        if self.closed is not None:
+            return
+        self.out.append(line)
+        self.out_bytes += len(line)
+        if self.out_bytes > self.queue_limit:
+            self.close(*TOO_SLOW)
+            return
+        self.wake.set()
+
+    def push_op(self, seq: int, line: str) -> None:
+        if self.holding:
+            self._hold(seq, line)
+        elif seq > self.last_seq:
+            self.last_seq = seq
+            self.push(line)
+
+    def push_control(self, line: str) -> None:
+        if self.holding:
+            self._hold(0, line)
+        else:
+            self.push(line)
+
+    def _hold(self, seq: int, line: str) -> None:
+        self.held.append((seq, line))
+        self.held_bytes += len(line)
+        if self.held_bytes > self.queue_limit:
+            self.close(*TOO_SLOW)
+
+    def release(self) -> None:
+        """Replay done: what arrived meanwhile goes out, each op once, in seq order."""
+        held, self.held, self.held_bytes = self.held, [], 0
+        self.holding = False
+        for seq, line in held:
+            if seq == 0:
+                self.push(line)
+            elif seq > self.last_seq:
+                self.last_seq = seq
+                self.push(line)
+
+    async def drained(self, below: int) -> None:
+        """Wait until the queue holds less than `below` bytes (replay pacing)."""
+        while self.out_bytes >= below and self.closed is None:
+            self.low.clear()
+            await self.low.wait()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with a code: queued lines are dropped (the client resumes from its position)."""
+        if self.closed is not None:
+            return
+        self.closed = (code, reason)
+        self.out.clear()
+        self.out_bytes = 0
+        self.low.set()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._closer = asyncio.ensure_future(self._send_close(code, reason))
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        WS_CLOSES.labels(str(code)).inc()
+        try:
+            await asyncio.wait_for(
+                self.send({"type": "websocket.close", "code": code, "reason": reason}),
+                CLOSE_SEND_TIMEOUT_S,
+            )
+        except Exception:  # gone already, or never read again: nothing more to tell it
+            log.debug("close not sent", extra={"code": code})
+        finally:
+            self.finished.set()
+
+    async def _write_forever(self) -> None:
+        out = self.out
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while out:
+                    batch = [out.popleft()]
+                    size = len(batch[0])
+                    while out and size + len(out[0]) + 1 <= self.frame_limit:
+                        line = out.popleft()
+                        size += len(line) + 1
+                        batch.append(line)
+                    self.out_bytes -= size - len(batch) + 1
+                    RELAY_DELIVERIES.inc(len(batch))
+                    await self.send({"type": "websocket.send", "text": "\n".join(batch)})
+                    self.low.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the peer went away mid-send; the reader sees the disconnect
+            self.finished.set()
+
+    async def stop(self) -> None:
+        for task in (self._writer, self._closer):
+            if task is not None and task is not asyncio.current_task():
+                if task is self._writer:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+class Hub:
+    """Sockets of this instance by book; the broker's sink; the app's `LiveChannel`."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.books: dict[str, dict[str, Conn]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    def new_conn_id(self) -> str:
+        return f"{self.broker.instance}.{next(self._ids)}"
+
+    # Sink: what arrives on the bus.
+    def on_op(self, book_ref: str, origin: str, seq: int, line: str) -> None:
+        conns = self.books.get(book_ref)
+        if not conns:
+            return
+        for conn in conns.values():
+            if conn.conn_id != origin:
+                conn.push_op(seq, line)
+
+    def on_control(self, book_ref: str, control: dict[str, Any]) -> None:
+        conns = self.books.get(book_ref)
+        if not conns:
+            return
+        device = control.get("device")
+        target = control.get("conn")
+        if control.get("k") == "close":
+            for conn in list(conns.values()):
+                if (device is None or conn.device_id == device) and (
+                    target is None or conn.conn_id == target
+                ):
+                    conn.close(int(control["code"]), str(control["reason"]))
+            return
+        exclude = control.get("exclude")
+        line = str(control["line"])
+        for conn in conns.values():
+            if (device is None or conn.device_id == device) and conn.device_id != exclude:
+                conn.push_control(line)
+
+    def on_bus_lost(self) -> None:
+        # Keys are read from the metadata store on every handshake (no cache to clear);
+        # ops published while the bus was down reach clients through resume.
+        log.warning("relay bus subscription lost; sockets resync on reconnect")
+        for conns in list(self.books.values()):
+            for conn in list(conns.values()):
+                conn.close(1012, "BUS_RESTARTING")
+
+    # Sockets of this instance.
+    async def attach(self, conn: Conn, now: int) -> None:
+        async with self._lock:
+            if conn.book_ref not in self.books:
+                await self.broker.listen(conn.book_ref)
+                self.books[conn.book_ref] = {}
+            self.books[conn.book_ref][conn.conn_id] = conn
+        ids = await self.broker.socket_opened(conn.book_ref, conn.device_id, conn.conn_id, now)
+        for old in ids[:-2]:  # at most 2 sockets per device: the oldest go
+            await self.broker.publish(
+                conn.book_ref,
+                {"k": "close", "conn": old, "code": REPLACED[0], "reason": REPLACED[1]},
+            )
+        if len(ids) == 1:
+            await self.presence(conn.book_ref, conn.device_id, "online")
+
+    async def detach(self, conn: Conn) -> None:
+        async with self._lock:
+            conns = self.books.get(conn.book_ref)
+            if conns is not None:
+                conns.pop(conn.conn_id, None)
+                if not conns:
+                    del self.books[conn.book_ref]
+                    await self.broker.unlisten(conn.book_ref)
+        still_open = await self.broker.socket_closed(conn.book_ref, conn.device_id, conn.conn_id)
+        gone_for_good = conn.closed is not None and conn.closed[0] in (REVOKED[0], ERASED[0])
+        if not still_open and not gone_for_good:
+            await self.presence(conn.book_ref, conn.device_id, "offline")
+
+    async def presence(self, book_ref: str, device_id: str, status: str) -> None:
+        message = {"type": "presence", "device_id": device_id, "status": status}
+        await self.send_to_book(book_ref, message, exclude_device=device_id)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conns in list(self.books.values()):
+            for conn in list(conns.values()):
+                conn.close(code, reason)
+
+    # LiveChannel (infra.ports): reaches sockets on every instance through the bus.
+    async def online_devices(self, book_ref: str) -> set[str]:
+        return await self.broker.online(book_ref)
+
+    async def send_to_device(self, book_ref: str, device_id: str, message: dict[str, Any]) -> None:
+        await self.broker.publish(
+            book_ref, {"k": "msg", "device": device_id, "line": dumps(message)}
+        )
+
+    async def send_to_book(
+        self, book_ref: str, message: dict[str, Any], exclude_device: str | None = None
+    ) -> None:
+        await self.broker.publish(
+            book_ref, {"k": "msg", "exclude": exclude_device, "line": dumps(message)}
+        )
+
+    async def close_device(self, book_ref: str, device_id: str, code: int, reason: str) -> None:
+        await self.broker.publish(
+            book_ref, {"k": "close", "device": device_id, "code": code, "reason": reason}
+        )
+
+    async def close_book(self, book_ref: str, code: int, reason: str) -> None:
+        await self.broker.publish(book_ref, {"k": "close", "code": code, "reason": reason})

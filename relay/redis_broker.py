@@ -1,0 +1,325 @@
+"""The Redis broker (production): many instances act as one.
+
+Seq, backlog and publish are one Lua step (relay.redis_scripts); appends from all
+sockets of the process go out pipelined in batches by one task; one subscriber
+connection per process, subscribed only to the books it has sockets for. Socket
+records carry the instance id, and each instance keeps a heartbeat key with a TTL, so
+a dead instance's sockets stop counting as online and its peers are told `offline`.
+
+Keys and channels hold `book_ref`, device ids and instance ids, never a raw book_id;
+payloads are passed through as opaque strings and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from relay.broker import (
+    IDEMPOTENCY_TTL_S,
+    Appended,
+    BacklogLimits,
+    Clock,
+    Head,
+    History,
+    NewOp,
+    Sink,
+    new_epoch,
+    op_tail,
+)
+from relay.redis_scripts import APPEND, READ, TAKE_REFUND
+from relay.redis_sub import Subscriber
+
+log = logging.getLogger("homepocket.relay")
+
+BEAT_S = 2.0
+ALIVE_TTL_S = 6  # an instance silent this long is dead
+PREFIX = "hp:r:"
+INSTANCES = PREFIX + "instances"
+KEEP_EXTRA_S = 24 * 3600  # backlog keys outlive their newest op by max age + a day
+
+
+def _k(book_ref: str, part: str) -> str:
+    return f"{PREFIX}{book_ref}:{part}"
+
+
+def channel(book_ref: str) -> str:
+    return _k(book_ref, "c")
+
+
+class RedisBroker:
+    def __init__(
+        self, redis: Callable[[], Any], url: str, limits: BacklogLimits, clock: Clock
+    ) -> None:
+        self.instance = secrets.token_hex(8)
+        self._url = url
+        self._redis_factory = redis
+        self._limits = limits
+        self._clock = clock
+        self._r: Any = None
+        self._sink: Sink | None = None
+        self._sub: Subscriber | None = None
+        self._run_id = ""
+        self._sha: dict[str, str] = {}
+        self._pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # Lifecycle.
+    async def start(self, sink: Sink) -> None:
+        self._sink = sink
+        self._r = self._redis_factory()
+        await self._load()
+        self._sub = Subscriber(self._url, self._on_message, self._on_lost)
+        await self._sub.start()
+        await self._beat()
+        self._tasks.append(asyncio.ensure_future(self._beat_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._sub is not None:
+            await self._sub.stop()
+        with contextlib.suppress(Exception):  # a clean goodbye: our sockets are gone
+            await self._r.delete(PREFIX + "alive:" + self.instance)
+            await self._reap(self.instance)
+        self._sink = None
+
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    async def _load(self) -> None:
+        for name, text in (("append", APPEND), ("read", READ), ("refund", TAKE_REFUND)):
+            self._sha[name] = await self._r.script_load(text)
+        info = await self._r.info("server")
+        self._run_id = str(info.get("run_id", ""))
+
+    # The bus.
+    def _on_message(self, chan: bytes, data: bytes) -> None:
+        sink = self._sink
+        if sink is None or not data:
+            return
+        book_ref = chan.decode()[len(PREFIX) : -2]
+        if data[:1] == b"o":
+            cut = data.index(b"\n")
+            origin, seq = data[1:cut].split(b" ", 1)
+            sink.on_op(book_ref, origin.decode(), int(seq), data[cut + 1 :].decode())
+        elif data[:1] == b"c":
+            sink.on_control(book_ref, orjson.loads(data[1:]))
+
+    def _on_lost(self) -> None:
+        if self._sink is not None:
+            self._sink.on_bus_lost()
+
+    async def publish(self, book_ref: str, control: dict[str, Any]) -> None:
+        await self._r.publish(channel(book_ref), b"c" + orjson.dumps(control))
+
+    async def listen(self, book_ref: str) -> None:
+        assert self._sub is not None
+        await self._r.sadd(PREFIX + "books:" + self.instance, book_ref)
+        await self._sub.subscribe(channel(book_ref).encode())
+
+    async def unlisten(self, book_ref: str) -> None:
+        assert self._sub is not None
+        await self._sub.unsubscribe(channel(book_ref).encode())
+        await self._r.srem(PREFIX + "books:" + self.instance, book_ref)
+
+    # Backlog.
+    def _base_args(self, now: int) -> list[Any]:
+        lim = self._limits
+        return [self._run_id, new_epoch(), now, lim.max_ops, lim.max_bytes, lim.max_age_s]
+
+    async def append(self, book_ref: str, op: NewOp) -> Appended:
+        day = op.now // 86400
+        keys = [
+            _k(book_ref, "m"),
+            _k(book_ref, "l"),
+            _k(book_ref, "t"),
+            _k(book_ref, f"i:{op.device_id}:{day}"),
+            _k(book_ref, f"i:{op.device_id}:{day - 1}"),
+        ]
+        args = [
+            *self._base_args(op.now),
+            op.client_id or "",
+            op_tail(op.payload, op.timestamp, op.device_id, op.now),
+            op.origin,
+            channel(book_ref),
+            self._limits.max_age_s + KEEP_EXTRA_S,
+            2 * IDEMPOTENCY_TTL_S,
+        ]
+        duplicate, seq, relay_ts = await self._batched(["append", keys, args])
+        return Appended(int(seq), int(relay_ts), bool(duplicate))
+
+    async def _batched(self, call: list[Any]) -> Any:
+        """Queue one script call; one task sends everything queued as one pipeline."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((call, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._run_batch([c for c, _ in batch])
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    async def _run_batch(self, calls: list[list[Any]]) -> list[Any]:
+        from redis.exceptions import NoScriptError
+
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            for i in todo:
+                name, keys, args = calls[i]
+                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+            out = await pipe.execute(raise_on_error=False)
+            again = []
+            for i, result in zip(todo, out, strict=True):
+                if isinstance(result, NoScriptError) and attempt == 0:
+                    again.append(i)  # Redis restarted: its script cache is empty
+                else:
+                    results[i] = result
+            if not again:
+                break
+            await self._load()
+            todo = again
+        return results
+
+    async def head(self, book_ref: str, now: int) -> Head:
+        return (await self._read(book_ref, 0, None, 0, now)).head
+
+    async def history(self, book_ref: str, since: int, epoch: str | None, limit: int) -> History:
+        return await self._read(book_ref, since, epoch, limit, int(self._clock()))
+
+    async def _read(
+        self, book_ref: str, since: int, epoch: str | None, limit: int, now: int
+    ) -> History:
+        keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]
+        args = [*self._base_args(now), since, epoch or "", limit]
+        result = await self._batched(["read", keys, args])
+        ep, seq, oldest, size, gap, start, lines = result
+        head = Head(ep.decode(), int(seq), int(oldest), int(size))
+        return History(head, int(start), bool(gap), [line.decode() for line in lines])
+
+    async def drop_book(self, book_ref: str) -> None:
+        doomed = [_k(book_ref, p) for p in ("m", "l", "t")]
+        async for key in self._r.scan_iter(match=_k(book_ref, "i:*"), count=500):
+            doomed.append(key)
+        await self._r.delete(*doomed)
+
+    # Sockets and presence.
+    async def _alive(self, instances: set[str]) -> set[str]:
+        if not instances:
+            return set()
+        names = sorted(instances)
+        flags = await self._r.mget([PREFIX + "alive:" + i for i in names])
+        return {i for i, flag in zip(names, flags, strict=True) if flag is not None}
+
+    async def _sockets(self, book_ref: str) -> list[tuple[str, str]]:
+        """(device_id, conn_id) of live instances, oldest first; dead ones cleared."""
+        members = [m.decode() for m in await self._r.zrange(_k(book_ref, "s"), 0, -1)]
+        pairs = [tuple(m.split("|", 1)) for m in members]
+        alive = await self._alive({conn.split(".", 1)[0] for _, conn in pairs})
+        dead = [
+            m
+            for m, (_, conn) in zip(members, pairs, strict=True)
+            if conn.split(".", 1)[0] not in alive
+        ]
+        if dead:
+            await self._r.zrem(_k(book_ref, "s"), *dead)
+        return [(d, c) for d, c in pairs if c.split(".", 1)[0] in alive]
+
+    async def socket_opened(
+        self, book_ref: str, device_id: str, conn_id: str, now: int
+    ) -> list[str]:
+        await self._r.zadd(_k(book_ref, "s"), {f"{device_id}|{conn_id}": time.time()})
+        return [c for d, c in await self._sockets(book_ref) if d == device_id]
+
+    async def socket_closed(self, book_ref: str, device_id: str, conn_id: str) -> bool:
+        await self._r.zrem(_k(book_ref, "s"), f"{device_id}|{conn_id}")
+        return any(d == device_id for d, _ in await self._sockets(book_ref))
+
+    async def online(self, book_ref: str) -> set[str]:
+        return {d for d, _ in await self._sockets(book_ref)}
+
+    async def refund_connect(self, device_id: str, window_s: int) -> None:
+        key = PREFIX + "refund:" + device_id
+        pipe = self._r.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, window_s)
+        await pipe.execute()
+
+    async def take_refund(self, device_id: str) -> bool:
+        key = PREFIX + "refund:" + device_id
+        return bool(await self._r.evalsha(self._sha["refund"], 1, key))
+
+    # Liveness: our heartbeat, and the sockets of instances that died without goodbye.
+    async def _beat(self) -> None:
+        now = time.time()
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(PREFIX + "alive:" + self.instance, b"1", ex=ALIVE_TTL_S)
+        pipe.zadd(INSTANCES, {self.instance: now})
+        pipe.zrangebyscore(INSTANCES, 0, now - ALIVE_TTL_S)
+        pipe.info("server")
+        _, _, dead, info = await pipe.execute()
+        run_id = str(info.get("run_id", ""))
+        if run_id != self._run_id:
+            self._run_id = run_id  # restarted or failed over: books get new epochs
+        for instance in dead:
+            await self._reap(instance.decode())
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT_S)
+            try:
+                await self._beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("relay heartbeat failed; retrying")
+
+    async def _reap(self, instance: str) -> None:
+        """Forget a dead instance's sockets, once, and tell peers who went offline."""
+        claimed = await self._r.set(PREFIX + "reap:" + instance, b"1", nx=True, ex=60)
+        if not claimed:
+            return
+        books_key = PREFIX + "books:" + instance
+        for raw in await self._r.smembers(books_key):
+            book_ref = raw.decode()
+            key = _k(book_ref, "s")
+            members = [m.decode() for m in await self._r.zrange(key, 0, -1)]
+            theirs = [m for m in members if m.split("|", 1)[1].startswith(instance + ".")]
+            if not theirs:
+                continue
+            await self._r.zrem(key, *theirs)
+            still = {d for d, _ in await self._sockets(book_ref)}
+            for device in {m.split("|", 1)[0] for m in theirs} - still:
+                line = orjson.dumps({"type": "presence", "device_id": device, "status": "offline"})
+                await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
+        await self._r.delete(books_key)
+        await self._r.zrem(INSTANCES, instance)

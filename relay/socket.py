@@ -1,0 +1,381 @@
+"""The relay socket `WS /ws/relay/{book_id}`: a thin adapter between the wire and the hub.
+
+Never decodes, changes or logs a payload; never echoes a token; never logs a book_id.
+
+The wire protocol (SPEC 4), for app developers and auditors
+============================================================
+
+Handshake
+  Auth: `Authorization: Bearer <jwt>`, or (browsers) the subprotocols
+  `["relay.v1", "bearer.<jwt>"]` with exactly one `bearer.` entry; the server selects
+  `relay.v1` and never echoes the token. A token in the query string is refused.
+  An `Origin` header not in ALLOWED_ORIGINS: HTTP 403 before the upgrade.
+  Otherwise the server accepts, then closes at once where the credentials fail:
+    4401 INVALID_TOKEN   bad, expired or unknown token
+    4429 RATE_LIMIT_EXCEEDED retry_after=N   RATE_LIMIT_WS_CONNECT (per device)
+    4403 FORBIDDEN       not a member, pending, revoked, or a token for another book
+  Query: `?since=N&epoch=E` to resume (optional; N a whole number).
+
+Frames
+  Text frames of JSON objects with a `type`; one message per frame or several
+  separated by `\\n` (JSON lines). The server coalesces what it has queued for a socket
+  into one frame. Clients ignore unknown types and fields.
+
+Server -> client
+  welcome          {device_id, book_id, epoch, latest_seq, online: [other device_ids],
+                    server_time}                       always first
+  crdt_operation   {seq, payload, timestamp, device_id, relay_timestamp}
+                   device_id is the authenticated sender, never what it wrote
+  ack              {id, seq, relay_timestamp}           to the sender (id null if none)
+  sync_gap         {epoch, oldest_seq, resume_seq}      what was asked for is gone; the
+                   retained ops after resume_seq follow. (No snapshots exist yet, so
+                   `snapshot` is never sent.)
+  sync_complete    {latest_seq}                         replay done, live from here
+  presence         {device_id, status: online|offline|joined|revoked}
+  pairing_completed {pairing_id, peer_device_id, peer_public_key}
+  pong             {timestamp}                          echoes a client ping
+  error            {code, message, id}                  a refused message; the socket
+                   stays open. Codes: VALIDATION_ERROR, PAYLOAD_TOO_LARGE,
+                   RATE_LIMIT_EXCEEDED.
+
+Client -> server
+  crdt_operation   {payload: base64 <= MAX_OP_BYTES decoded, timestamp: Unix s, id?}
+                   id (<= 64 chars) makes retries idempotent for 24 h: a retry is acked
+                   with the first seq and not relayed again.
+  sync             {since, epoch}    replay after `since` (even ops already had), then
+                                     sync_complete
+  auth             {token}           a fresh token for the same device and book;
+                                     anything else closes with 4401
+  ping             {timestamp}       answered with pong
+
+Order
+  welcome; then, with `since`, the retained ops after it (or sync_gap and the ops after
+  the resume point), then sync_complete; without `since`, sync_complete at once. Live
+  ops arriving meanwhile are held and sent after it, none twice. Then every op of the
+  book goes to every socket but the one that sent it (a device's second socket gets
+  it), once, in increasing seq.
+
+Gap rules (`since`, `epoch`)
+  since=0 needs no epoch. A gap: since > 0 with an epoch missing or not current,
+  since > latest_seq, or ops after since no longer retained. resume_seq is then
+  oldest_seq - 1.
+
+Close codes after the handshake
+  4401 token expired (send `auth` before it does)   4403 device revoked
+  4409 a third socket of the device opened (the oldest closes)   4410 book erased
+  1008 malformed frame (not JSON, not an object, binary)   1009 frame over
+  4/3 x MAX_OP_BYTES + 4 KiB   1012 server restarting   1013 too slow a consumer
+  Do not reconnect after 4403 or 4410; else reconnect with jittered backoff
+  (1 s ... 60 s) and resume with `since`/`epoch`. The server pings every
+  HEARTBEAT_INTERVAL_S; a peer silent for HEARTBEAT_TIMEOUT_S is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from infra.context import Infra, count_call
+from infra.errors import ApiError
+from infra.validate import BOOK_ID
+from relay import ops
+from relay.broker import Broker, NewOp
+from relay.budget import OpBudget
+from relay.hub import MALFORMED, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
+from relay.records import SyncRecords
+
+log = logging.getLogger("homepocket.relay")
+
+SUBPROTOCOL = "relay.v1"
+BEARER_PREFIX = "bearer."
+QUERY_TOKEN_NAMES = ("token", "access_token", "jwt", "auth", "authorization", "bearer")
+REPLAY_PAGE = 500
+REFUNDED_CLOSES = (1012, 1013)
+
+
+class Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def frame_limit(max_op_bytes: int) -> int:
+    """The largest frame a peer may send: a whole op in base64, plus room for JSON."""
+    return max_op_bytes * 4 // 3 + 4096
+
+
+class RelaySocket:
+    """The ASGI app behind the route (raw send and receive on the per-message path)."""
+
+    def __init__(self, infra: Infra, hub: Hub, broker: Broker, records: SyncRecords) -> None:
+        self.infra = infra
+        self.hub = hub
+        self.broker = broker
+        self.records = records
+        self.frame_limit = frame_limit(infra.settings.max_op_bytes)
+        self.queue_limit = max(256 * 1024, 4 * self.frame_limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        origin = ws.headers.get("origin")
+        if origin is not None and origin not in self.infra.settings.allowed_origins:
+            await ws.close()  # before accept: HTTP 403
+            return
+        offered = list(scope.get("subprotocols") or [])
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+        try:
+            device_id, book_ref, exp, since, epoch = await self._admit(ws, offered)
+        except Refused as refused:
+            await ws.accept(subprotocol)
+            await ws.close(refused.code, refused.reason)
+            return
+        await ws.accept(subprotocol)
+        conn = Conn(
+            send, self.hub.new_conn_id(), device_id, book_ref, self.frame_limit, self.queue_limit
+        )
+        await self._session(ws, receive, conn, exp, since, epoch)
+
+    async def _admit(
+        self, ws: WebSocket, offered: list[str]
+    ) -> tuple[str, str, int, int | None, str | None]:
+        infra = self.infra
+        query = ws.query_params
+        if any(name in query for name in QUERY_TOKEN_NAMES):
+            raise Refused(*TOKEN_EXPIRED)
+        authorization = ws.headers.get("authorization")
+        bearers = [p for p in offered if p.startswith(BEARER_PREFIX)]
+        if authorization is None and len(bearers) == 1:
+            authorization = "Bearer " + bearers[0][len(BEARER_PREFIX) :]
+        elif authorization is None or len(bearers) > 1:
+            raise Refused(*TOKEN_EXPIRED)
+        try:
+            caller = await infra.auth.authenticate(authorization)
+        except ApiError:
+            raise Refused(*TOKEN_EXPIRED) from None
+        if not await self.broker.take_refund(caller.device_id):
+            verdict = await count_call(
+                infra, "RATE_LIMIT_WS_CONNECT", caller.device_id, fail_closed=False
+            )
+            if verdict is not None and not verdict.allowed:
+                retry = verdict.error().details["retry_after"]
+                raise Refused(4429, f"RATE_LIMIT_EXCEEDED retry_after={retry}")
+        book_id = ws.path_params.get("book_id", "")
+        try:
+            book_ref = infra.auth.require_member(caller, book_id)
+        except ApiError:
+            raise Refused(4403, "FORBIDDEN") from None
+        since_raw, epoch = query.get("since"), query.get("epoch")
+        since: int | None = None
+        if since_raw is not None:
+            if not since_raw.isdigit() or len(since_raw) > 18:
+                raise Refused(*MALFORMED)
+            since = int(since_raw)
+        if epoch is not None and len(epoch) > 64:
+            raise Refused(*MALFORMED)
+        return caller.device_id, book_ref, caller.claims.exp, since, epoch
+
+    async def _session(
+        self,
+        ws: WebSocket,
+        receive: Receive,
+        conn: Conn,
+        exp: int,
+        since: int | None,
+        epoch: str | None,
+    ) -> None:
+        infra = self.infra
+        loop = asyncio.get_running_loop()
+        conn.start()
+        state: dict[str, Any] = {"expiry": None, "end": None}
+
+        def arm_expiry(at: int) -> None:
+            if state["expiry"] is not None:
+                state["expiry"].cancel()
+            delay = max(0.0, at - infra.clock.now())
+            state["expiry"] = loop.call_later(delay, conn.close, *TOKEN_EXPIRED)
+
+        arm_expiry(exp)
+        attached = False
+        reader: asyncio.Task[None] | None = None
+        try:
+            await self.hub.attach(conn, infra.now())
+            attached = True
+            await self._welcome(ws, conn)
+            await self._replay(conn, since, epoch)
+            reader = asyncio.ensure_future(self._read(receive, conn, arm_expiry, state))
+            finished = asyncio.ensure_future(conn.finished.wait())
+            await asyncio.wait({reader, finished}, return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+        finally:
+            if state["expiry"] is not None:
+                state["expiry"].cancel()
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            if attached:
+                with contextlib.suppress(Exception):
+                    await self.hub.detach(conn)
+            end = conn.closed[0] if conn.closed else state["end"]
+            await conn.stop()
+            if end in REFUNDED_CLOSES:
+                window = infra.limiter.item("RATE_LIMIT_WS_CONNECT")
+                if window is not None:
+                    with contextlib.suppress(Exception):
+                        await self.broker.refund_connect(conn.device_id, int(window.get_expiry()))
+
+    async def _welcome(self, ws: WebSocket, conn: Conn) -> None:
+        now = self.infra.now()
+        head = await self.broker.head(conn.book_ref, now)
+        online = await self.broker.online(conn.book_ref)
+        online.discard(conn.device_id)
+        conn.push(
+            dumps(
+                {
+                    "type": "welcome",
+                    "device_id": conn.device_id,
+                    "book_id": ws.path_params["book_id"],
+                    "epoch": head.epoch,
+                    "latest_seq": head.latest_seq,
+                    "online": sorted(online),
+                    "server_time": now,
+                }
+            )
+        )
+        conn.last_seq = 0
+
+    async def _replay(self, conn: Conn, since: int | None, epoch: str | None) -> None:
+        """Backlog after `since` (or the gap and what follows), then sync_complete."""
+        conn.holding = True
+        if since is None:
+            head = await self.broker.head(conn.book_ref, self.infra.now())
+            conn.push(dumps({"type": "sync_complete", "latest_seq": head.latest_seq}))
+            conn.release()
+            return
+        latest = 0
+        while conn.closed is None:
+            history = await self.broker.history(conn.book_ref, since, epoch, REPLAY_PAGE)
+            head = history.head
+            latest = head.latest_seq
+            if history.gap:
+                from infra.metrics import RELAY_SYNC_GAPS
+
+                RELAY_SYNC_GAPS.inc()
+                gap = {
+                    "type": "sync_gap",
+                    "epoch": head.epoch,
+                    "oldest_seq": head.oldest_seq,
+                    "resume_seq": history.start,
+                }
+                conn.push(dumps(gap))
+            for line in history.lines:
+                if conn.out_bytes + len(line) > conn.queue_limit:
+                    await conn.drained(conn.queue_limit // 2)
+                conn.push(line)
+            conn.last_seq = max(conn.last_seq, history.last_seq)
+            if not history.has_more or not history.lines:
+                break
+            since, epoch = history.last_seq, head.epoch
+        conn.push(dumps({"type": "sync_complete", "latest_seq": latest}))
+        conn.release()
+
+    async def _read(
+        self, receive: Receive, conn: Conn, arm_expiry: Any, state: dict[str, Any]
+    ) -> None:
+        budget = OpBudget(self.infra.limiter, conn.device_id)
+        while conn.closed is None:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                state["end"] = message.get("code")
+                return
+            text = message.get("text")
+            if text is None or len(text) > self.frame_limit:
+                conn.close(*MALFORMED) if text is None else conn.close(1009, "PAYLOAD_TOO_LARGE")
+                return
+            for line in text.split("\n"):
+                if not line.strip():
+                    continue
+                try:
+                    msg = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    msg = None
+                if not isinstance(msg, dict):
+                    conn.close(*MALFORMED)
+                    return
+                await self._handle(msg, conn, budget, arm_expiry)
+                if conn.closed is not None:
+                    return
+
+    async def _handle(
+        self, msg: dict[str, Any], conn: Conn, budget: OpBudget, arm_expiry: Any
+    ) -> None:
+        kind = msg.get("type")
+        try:
+            if kind == "crdt_operation":
+                await self._op(msg, conn, budget)
+            elif kind == "sync":
+                since = msg.get("since", 0)
+                epoch = msg.get("epoch")
+                if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+                    raise ApiError("VALIDATION_ERROR", "since: must be a whole number")
+                if epoch is not None and not isinstance(epoch, str):
+                    raise ApiError("VALIDATION_ERROR", "epoch: must be a string")
+                await self._replay(conn, since, epoch)
+            elif kind == "auth":
+                await self._reauth(msg, conn, arm_expiry)
+            elif kind == "ping":
+                conn.push_control(dumps({"type": "pong", "timestamp": msg.get("timestamp")}))
+            elif kind == "pong":
+                return
+            else:
+                raise ApiError("VALIDATION_ERROR", "type: unknown message type", {"field": "type"})
+        except ApiError as exc:
+            error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
+            error["id"] = ops.echo_id(msg)
+            conn.push_control(dumps(error))
+
+    async def _op(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:
+        infra = self.infra
+        now = infra.now()
+        client_id = ops.client_id(msg)
+        payload, timestamp = ops.payload_and_timestamp(msg, infra.settings.max_op_bytes, now)
+        refused = await budget.spend()
+        if refused is not None:
+            raise refused
+        op = NewOp(conn.device_id, client_id, payload, timestamp, conn.conn_id, now)
+        done = await self.broker.append(conn.book_ref, op)
+        if not done.duplicate:
+            self.records.count(conn.book_ref, len(payload), now)
+        ack = {
+            "type": "ack",
+            "id": client_id,
+            "seq": done.seq,
+            "relay_timestamp": done.relay_timestamp,
+        }
+        conn.push_control(dumps(ack))
+
+    async def _reauth(self, msg: dict[str, Any], conn: Conn, arm_expiry: Any) -> None:
+        token = msg.get("token")
+        try:
+            if not isinstance(token, str):
+                raise ApiError("INVALID_TOKEN", "token missing")
+            caller = await self.infra.auth.authenticate("Bearer " + token)
+            book_id = caller.claims.book_id
+            if caller.device_id != conn.device_id or not book_id or not BOOK_ID.fullmatch(book_id):
+                raise ApiError("INVALID_TOKEN", "another device or book")
+            if self.infra.auth.require_member(caller, book_id) != conn.book_ref:
+                raise ApiError("INVALID_TOKEN", "another book")
+        except ApiError:
+            conn.close(*TOKEN_EXPIRED)
+            return
+        arm_expiry(caller.claims.exp)
+
+
+__all__ = ["TOO_SLOW", "RelaySocket", "frame_limit"]

@@ -80,23 +80,34 @@ class Members:
                 raise ApiError("BOOK_EXISTS", "That book already exists.")
             created = device is None
             if device is None:
+                # ON CONFLICT: a concurrent identical registration already made the row.
                 await tx.execute(
                     "INSERT INTO devices (device_id, public_key, book_ref, role, created_at,"
-                    " last_active_at) VALUES ($1, $2, NULL, NULL, $3, $3)",
+                    " last_active_at) VALUES ($1, $2, NULL, NULL, $3, $3)"
+                    " ON CONFLICT (device_id) DO NOTHING",
                     device_id,
                     public_key,
                     now,
                 )
             if book_ref is not None:
-                await tx.execute(
-                    "INSERT INTO books (book_ref, created_at) VALUES ($1, $2)", book_ref, now
+                # The check above can race another first device; the insert decides.
+                made = await tx.execute(
+                    "INSERT INTO books (book_ref, created_at) VALUES ($1, $2)"
+                    " ON CONFLICT (book_ref) DO NOTHING",
+                    book_ref,
+                    now,
                 )
-                await tx.execute(
-                    "UPDATE devices SET book_ref = $2, role = $3 WHERE device_id = $1",
+                if not made:
+                    raise ApiError("BOOK_EXISTS", "That book already exists.")
+                moved = await tx.execute(
+                    "UPDATE devices SET book_ref = $2, role = $3 WHERE device_id = $1"
+                    " AND book_ref IS NULL AND revoked_at IS NULL",
                     device_id,
                     book_ref,
                     MEMBER,
                 )
+                if not moved:  # it joined another book meanwhile
+                    raise ApiError("DEVICE_EXISTS", "This device already belongs to a book.")
                 created = True
             fresh = await self.get(device_id, tx)
             assert fresh is not None

@@ -21,6 +21,9 @@ from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
 log = logging.getLogger("homepocket.http")
 
 CORS_ALLOW_METHODS = "GET, POST, DELETE"
+# The local blob store's signed URLs (storage/) take the browser's PUT of the ciphertext.
+CORS_BLOB_PREFIX = "/blobs/"
+CORS_BLOB_METHODS = "GET, PUT"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
 CORS_EXPOSE_HEADERS = (
     "X-Request-ID, API-Version, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, "
@@ -65,7 +68,8 @@ class EdgeMiddleware:
             and "Access-Control-Allow-Origin" in extra
             and "access-control-request-method" in headers
         ):
-            await self._preflight(send, extra)
+            blob = scope["path"].startswith(CORS_BLOB_PREFIX)
+            await self._preflight(send, extra, CORS_BLOB_METHODS if blob else CORS_ALLOW_METHODS)
             return
 
         started = time.perf_counter()
@@ -114,11 +118,11 @@ class EdgeMiddleware:
             )
 
     @staticmethod
-    async def _preflight(send: Send, extra: Mapping[str, str]) -> None:
+    async def _preflight(send: Send, extra: Mapping[str, str], methods: str) -> None:
         headers = dict(extra)
         headers.update(
             {
-                "Access-Control-Allow-Methods": CORS_ALLOW_METHODS,
+                "Access-Control-Allow-Methods": methods,
                 "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
                 "Access-Control-Max-Age": "600",
             }

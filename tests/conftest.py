@@ -38,9 +38,21 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
+S3_TEST_BUCKET = "homepocket-test"
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server with the test bucket made, as terraform makes it in production."""
+    import boto3
+
+    # moto accepts any credentials; the server finds these through the default chain.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     with moto_s3() as url:
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+        s3.create_bucket(Bucket=S3_TEST_BUCKET)
+        s3.close()
         yield url
 
 
@@ -81,7 +93,7 @@ def make_settings(
         )
         if overrides.pop("with_s3", True):
             base.update(
-                s3_bucket="homepocket-test",
+                s3_bucket=S3_TEST_BUCKET,
                 aws_region="us-east-1",
                 s3_endpoint_url=request.getfixturevalue("s3_endpoint"),
             )

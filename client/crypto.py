@@ -18,8 +18,6 @@ import os
 
 from nacl import bindings
 from nacl.exceptions import CryptoError
-from nacl.public import Box, PrivateKey, PublicKey
-from nacl.signing import SigningKey, VerifyKey
 
 VERSION = 0x01
 KEY_BYTES = bindings.crypto_aead_xchacha20poly1305_ietf_KEYBYTES  # 32
@@ -66,35 +64,3 @@ def open_sealed(book_key: bytes, blob: bytes, aad: bytes) -> bytes:
         )
     except CryptoError:
         raise DecryptError("ciphertext does not open with this key here") from None
-
-
-# --- passing the book key to a paired device (SPEC 5 step 5) ---------------------------
-
-
-def _x25519_private(signing_key: SigningKey) -> PrivateKey:
-    return signing_key.to_curve25519_private_key()
-
-
-def _x25519_public(ed25519_public: bytes) -> PublicKey:
-    return VerifyKey(ed25519_public).to_curve25519_public_key()
-
-
-def box_book_key(book_key: bytes, sender: SigningKey, recipient_ed25519: bytes) -> bytes:
-    """nonce(24) ‖ crypto_box(book_key) from the sender's X25519 key to the recipient's.
-
-    Authenticated with the sender's key (unlike an anonymous sealed box), so the joiner
-    knows the book key came from the device whose key the SAS confirmed, not the server.
-    """
-    box = Box(_x25519_private(sender), _x25519_public(recipient_ed25519))
-    return bytes(box.encrypt(book_key, os.urandom(Box.NONCE_SIZE)))
-
-
-def unbox_book_key(boxed: bytes, recipient: SigningKey, sender_ed25519: bytes) -> bytes:
-    box = Box(_x25519_private(recipient), _x25519_public(sender_ed25519))
-    try:
-        key = bytes(box.decrypt(boxed))
-    except CryptoError:
-        raise DecryptError("the book key was not boxed by the paired device for us") from None
-    if len(key) != KEY_BYTES:
-        raise DecryptError("the boxed book key has the wrong length")
-    return key

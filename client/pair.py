@@ -1,39 +1,34 @@
-"""Pairing a new phone into a book, the client side of SPEC 5, step by step.
+"""Pairing a new phone into a book: the client side of SPEC 5, driven through
+`/pairing/exchange`. The message formats and the SAS are `pairing.sas` (pure, shared
+with the server's docs and tests); this module runs the steps in order over HTTP.
 
-G generates the code and already holds the book; J types the code. Both talk only
-through `/pairing/exchange`, depositing `tag ‖ body` payloads:
-    0x01 ‖ SHA-256("hp-sas-commit-v1" ‖ pk_G ‖ n_G)   G commits to its nonce
-    0x02 ‖ n_J                                        J reveals its nonce
-    0x03 ‖ n_G                                        G opens its commitment
-    0x04 ‖ nonce(24) ‖ crypto_box(book_key)           G → J, after the users compared
-Both show the 6-digit SAS; the users compare it. A server that swapped keys has one
-chance in a million to make them match. The book key never passes in clear and is
-never deposited before the user said the codes match.
+G generates the code and already holds the book; J types the code. Deposits:
+    G: 0x01 ‖ SHA-256("hp-sas-commit-v1" ‖ pk_G ‖ n_G)   commit to n_G
+    J: 0x02 ‖ n_J                                        reveal n_J
+    G: 0x03 ‖ n_G                                        open the commitment (J checks it)
+    both show the SAS; the users compare
+    G: confirm, then 0x04 ‖ nonce(24) ‖ crypto_box(book_key) from G's key to J's
+The book key is never deposited before the user said the codes match, and never in clear.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from client import crypto
+from nacl.exceptions import CryptoError
+
 from client.device import Device
 from client.identity import device_id_of, unb64
+from pairing import sas
+from pairing.sas import PairingAbort
 
-TAG_COMMIT, TAG_NONCE_J, TAG_NONCE_G, TAG_BOOK_KEY = 0x01, 0x02, 0x03, 0x04
-NONCE_BYTES = 32
 POLL_S = 0.2
 
 CompareSas = Callable[[str], Awaitable[bool]]
-
-
-class PairingAborted(Exception):
-    """The peer cheated (commitment mismatch, wrong key), the user said the codes differ,
-    or the other side rejected."""
 
 
 @dataclass(frozen=True)
@@ -50,114 +45,93 @@ class Paired:
     book_id: str
 
 
-def _sas() -> Any:
-    import importlib
-
-    return importlib.import_module("pairing.sas")
-
-
 async def invite(device: Device) -> Invitation:
     """G: ask for a 6-digit code to show to the new phone's user."""
     made = await device.api.pairing_generate()
     return Invitation(str(made["short_code"]), str(made["pairing_id"]), str(made["expires_at"]))
 
 
-async def _exchange(device: Device, pairing_id: str, payload: bytes | None = None) -> Any:
-    return await device.api.pairing_exchange(pairing_id, payload)
+def _messages(answer: dict[str, Any]) -> dict[int, bytes]:
+    """The peer's deposits by tag (the first of each), each checked by `sas.parse`."""
+    found: dict[int, bytes] = {}
+    for text in answer.get("payloads") or []:
+        tag, body = sas.parse(base64.b64decode(text, validate=True))
+        found.setdefault(tag, body)
+    return found
 
 
-async def _await(
-    device: Device,
-    pairing_id: str,
-    ready: Callable[[dict[str, Any]], bool],
-    within_s: float,
-) -> dict[str, Any]:
-    """Poll `exchange` (no payload) until `ready(answer)`; a rejection ends it."""
+async def _wait_for(
+    device: Device, pairing_id: str, tag: int | None, within_s: float, status: str | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """Poll `exchange` until the peer has deposited `tag` (and the session has `status`);
+    a rejection ends the pairing. With tag None: until the peer's key is known."""
     async with asyncio.timeout(within_s):
         while True:
-            answer = dict(await _exchange(device, pairing_id))
+            answer = dict(await device.api.pairing_exchange(pairing_id))
             if answer.get("status") == "rejected":
-                raise PairingAborted("the other side rejected the pairing")
-            if ready(answer):
-                return answer
+                raise PairingAbort("the other side rejected the pairing")
+            if status is None or answer.get("status") == status:
+                if tag is None and answer.get("peer_public_key"):
+                    return answer, b""
+                body = _messages(answer).get(tag) if tag is not None else None
+                if body is not None:
+                    return answer, body
             await asyncio.sleep(POLL_S)
-
-
-def _find(answer: dict[str, Any], tag: int, size: int) -> bytes | None:
-    """The peer's first deposited payload with this tag and body size, if any."""
-    for text in answer.get("payloads") or []:
-        raw = base64.b64decode(text)
-        if raw[:1] == bytes([tag]) and len(raw) == 1 + size:
-            return raw[1:]
-    return None
 
 
 def _peer_key(answer: dict[str, Any]) -> bytes:
     """The peer's key, checked against its self-certifying id."""
     key = unb64(str(answer["peer_public_key"]))
     if len(key) != 32 or device_id_of(key) != answer.get("peer_device_id"):
-        raise PairingAborted("the peer's key does not match its device_id")
+        raise PairingAbort("the peer's key does not match its device_id")
     return key
 
 
 async def run_generator(
     device: Device, invitation: Invitation, compare: CompareSas, within_s: float = 300
 ) -> Paired:
-    """G's side, once the code is shown: steps 1, 3, 4 and 5 of SPEC 5."""
-    sas = _sas()
+    """G, once the code is shown: steps 1, 3, 4 and 5 of SPEC 5."""
     pid = invitation.pairing_id
-    matched = await _await(device, pid, lambda a: a.get("peer_public_key") is not None, within_s)
+    matched, _ = await _wait_for(device, pid, None, within_s)
     pk_g, pk_j = device.identity.public_key, _peer_key(matched)
-    n_g = os.urandom(NONCE_BYTES)
-    await _exchange(device, pid, bytes([TAG_COMMIT]) + sas.commitment(pk_g, n_g))
-    answer = await _await(
-        device, pid, lambda a: _find(a, TAG_NONCE_J, NONCE_BYTES) is not None, within_s
-    )
-    n_j = _find(answer, TAG_NONCE_J, NONCE_BYTES)
-    assert n_j is not None
-    await _exchange(device, pid, bytes([TAG_NONCE_G]) + n_g)
+    n_g = sas.new_nonce()
+    await device.api.pairing_exchange(pid, sas.commit_message(pk_g, n_g))
+    _, n_j = await _wait_for(device, pid, sas.TAG_NONCE, within_s)
+    await device.api.pairing_exchange(pid, sas.reveal_message(n_g))
     code = sas.sas(pk_g, pk_j, n_g, n_j)
     if not await compare(code):
         await device.api.pairing_confirm(pid, False)
-        raise PairingAborted("the codes did not match: pairing rejected")
+        raise PairingAbort("the codes did not match: pairing rejected")
     await device.api.pairing_confirm(pid, True)
-    boxed = crypto.box_book_key(device.book_key, device.identity.signing_key, pk_j)
-    await _exchange(device, pid, bytes([TAG_BOOK_KEY]) + boxed)
+    seed = bytes(device.identity.signing_key)
+    await device.api.pairing_exchange(pid, sas.seal_book_key(device.book_key, seed, pk_j))
     return Paired(code, device_id_of(pk_j), device.require_book())
 
 
 async def run_joiner(
     device: Device, short_code: str, compare: CompareSas, within_s: float = 300
 ) -> Paired:
-    """J's side: verify the code, then steps 2, 3 (check), 4 and receive step 5."""
-    sas = _sas()
+    """J: verify the code, then steps 2, 3 (the check), 4, and receive step 5."""
     verified = await device.api.pairing_verify(short_code)
     pid, book_id = str(verified["pairing_id"]), str(verified["book_id"])
     pk_g, pk_j = _peer_key(verified), device.identity.public_key
-    answer = await _await(device, pid, lambda a: _find(a, TAG_COMMIT, 32) is not None, within_s)
-    commitment = _find(answer, TAG_COMMIT, 32)
-    n_j = os.urandom(NONCE_BYTES)
-    await _exchange(device, pid, bytes([TAG_NONCE_J]) + n_j)
-    answer = await _await(
-        device, pid, lambda a: _find(a, TAG_NONCE_G, NONCE_BYTES) is not None, within_s
-    )
-    n_g = _find(answer, TAG_NONCE_G, NONCE_BYTES)
-    assert n_g is not None
-    if sas.commitment(pk_g, n_g) != commitment:
-        raise PairingAborted("the generator's nonce does not match its commitment")
+    _, commit = await _wait_for(device, pid, sas.TAG_COMMIT, within_s)
+    n_j = sas.new_nonce()
+    await device.api.pairing_exchange(pid, sas.nonce_message(n_j))
+    _, n_g = await _wait_for(device, pid, sas.TAG_REVEAL, within_s)
+    sas.check_reveal(commit, pk_g, n_g)
     code = sas.sas(pk_g, pk_j, n_g, n_j)
     if not await compare(code):
-        raise PairingAborted("the codes did not match: not joining")
-    boxed_size = 24 + crypto.KEY_BYTES + 16
-    answer = await _await(
-        device,
-        pid,
-        lambda a: a.get("status") == "confirmed" and _find(a, TAG_BOOK_KEY, boxed_size) is not None,
-        within_s,
-    )
-    boxed = _find(answer, TAG_BOOK_KEY, boxed_size)
-    assert boxed is not None
-    device.join_book(book_id, crypto.unbox_book_key(boxed, device.identity.signing_key, pk_g))
+        raise PairingAbort("the codes did not match: not joining")
+    _, boxed = await _wait_for(device, pid, sas.TAG_BOOK_KEY, within_s, status="confirmed")
+    seed = bytes(device.identity.signing_key)
+    try:
+        book_key = sas.open_book_key(bytes([sas.TAG_BOOK_KEY]) + boxed, seed, pk_g)
+    except CryptoError:
+        raise PairingAbort("the book key was not boxed by the paired device") from None
+    if len(book_key) != 32:
+        raise PairingAbort("the book key has the wrong length")
+    device.join_book(book_id, book_key)
     return Paired(code, device_id_of(pk_g), book_id)
 
 

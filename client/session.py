@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,7 @@ class RelaySession:
         self._need_state = False  # we hit a sync_gap that no snapshot fills
         self._wake = asyncio.Event()
         self._sent: set[str] = set()
+        self._token_exp = 0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class RelaySession:
         device = self.device
         position = device.state.position
         url = ws_url(device.server_url, device.require_book(), position.seq, position.epoch)
-        token = device.identity.token(device.book_id, self.token_lifetime_s)
+        token = self._mint()
         try:
             async with connect(
                 url,
@@ -163,12 +165,19 @@ class RelaySession:
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             return None, type(exc).__name__
 
+    def _mint(self) -> str:
+        """A fresh token; remembers when it expires (whole seconds, as in the claims)."""
+        now = time.time()
+        self._token_exp = int(now) + self.token_lifetime_s
+        return self.device.identity.token(self.device.book_id, self.token_lifetime_s, now)
+
     async def _refresh_tokens(self, ws: ClientConnection) -> None:
-        """Send a fresh token well before the current one expires (SPEC 4 `auth`)."""
+        """Send a fresh token well before the current one expires (SPEC 4 `auth`): a
+        quarter of the lifetime ahead, at least one second, at most a minute."""
+        margin = min(60.0, max(1.0, self.token_lifetime_s / 4))
         while True:
-            await asyncio.sleep(self.token_lifetime_s * 0.75)
-            token = self.device.identity.token(self.device.book_id, self.token_lifetime_s)
-            await ws.send(json.dumps({"type": "auth", "token": token}))
+            await asyncio.sleep(max(0.0, self._token_exp - margin - time.time()))
+            await ws.send(json.dumps({"type": "auth", "token": self._mint()}))
             self.tokens_refreshed += 1
 
     async def _writer(self, ws: ClientConnection) -> None:

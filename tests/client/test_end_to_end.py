@@ -106,7 +106,7 @@ async def test_a_wrong_book_key_decrypts_nothing(server: InProcessServer, tmp_pa
 async def test_token_is_refreshed_on_the_socket_before_it_expires(
     server: InProcessServer, tmp_path: Path
 ) -> None:
-    a = fast(server.url, tmp_path, "a", token_lifetime_s=2)
+    a = fast(server.url, tmp_path, "a", token_lifetime_s=3)
     b = fast(server.url, tmp_path, "b")
     try:
         await a.create_book()
@@ -115,7 +115,7 @@ async def test_token_is_refreshed_on_the_socket_before_it_expires(
         a.go_online()
         b.go_online()
         await a.wait_synced()
-        await asyncio.sleep(3.0)  # past the first token's expiry
+        await asyncio.sleep(4.0)  # past the first token's expiry
         assert a.session is not None and a.session.tokens_refreshed >= 1
         assert a.session.connects == 1  # never closed with 4401
         a.add_entry(-1, "after expiry")

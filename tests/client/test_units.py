@@ -87,18 +87,6 @@ def test_wrong_key_wrong_place_or_tampering_fails_to_decrypt() -> None:
         crypto.open_sealed(key, b"\x01short", crypto.op_aad(BOOK))
 
 
-def test_book_key_box_opens_only_for_the_paired_pair() -> None:
-    generator, joiner, intruder = Identity.generate(), Identity.generate(), Identity.generate()
-    key = crypto.new_book_key()
-    boxed = crypto.box_book_key(key, generator.signing_key, joiner.public_key)
-    assert len(boxed) == 24 + 32 + 16
-    assert crypto.unbox_book_key(boxed, joiner.signing_key, generator.public_key) == key
-    with pytest.raises(crypto.DecryptError):  # the server claiming to be the generator
-        crypto.unbox_book_key(boxed, joiner.signing_key, intruder.public_key)
-    with pytest.raises(crypto.DecryptError):
-        crypto.unbox_book_key(boxed, intruder.signing_key, generator.public_key)
-
-
 def relay(key: bytes, kind: int, update: bytes) -> bytes:
     """What crosses the server: the sealed op."""
     return crypto.seal(key, encode_op(kind, update), crypto.op_aad(BOOK))

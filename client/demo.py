@@ -190,7 +190,7 @@ def _describe(view: dict[str, Any]) -> list[str]:
     lines = [f"devices: {', '.join(d[:12] + '…' for d in view['devices'])} (key fingerprints)"]
     lines.append(
         f"ops: {status['ops_total']} in epoch {status['epoch']}, latest seq {status['latest_seq']},"
-        f" backlog {status['backlog']['retained_bytes']} bytes of ciphertext"
+        f" backlog {status['backlog']['retained_ops']} ops retained"
     )
     for op in view["ops"]:
         lines.append(f"  seq {op['seq']:>2}  from {op['device_id'][:12]}…  {op['bytes']:>6} bytes")

@@ -5,7 +5,7 @@ or updates in any order, converges to the same ledger. Never talks to the networ
 
 Document layout (what an app in another language must use to interoperate):
     Map "entries":     entry_id -> {"amount_cents": int, "currency": str, "note": str,
-                                    "by": device_id, "at": unix seconds}
+                                    "by": device_id, "at_ms": unix milliseconds}
     Map "attachments": entry_id -> photo_id   (its own map, so attaching a photo never
                                                overwrites a concurrent edit of the entry)
 
@@ -44,7 +44,7 @@ class Entry:
     currency: str
     note: str
     by: str
-    at: int
+    at_ms: int
     photo_id: str | None
 
     def line(self) -> str:
@@ -74,7 +74,7 @@ class Ledger:
         note: str,
         by: str,
         currency: str = "EUR",
-        at: int | None = None,
+        at_ms: int | None = None,
     ) -> tuple[str, bytes]:
         entry_id = uuid.uuid4().hex
         value = {
@@ -82,7 +82,7 @@ class Ledger:
             "currency": currency,
             "note": note,
             "by": by,
-            "at": int(time.time() if at is None else at),
+            "at_ms": int(time.time() * 1000) if at_ms is None else at_ms,
         }
         return entry_id, self._change(lambda: self._entries.__setitem__(entry_id, value))
 
@@ -109,13 +109,14 @@ class Ledger:
                 currency=str(value.get("currency", "")),
                 note=str(value.get("note", "")),
                 by=str(value.get("by", "")),
-                at=int(value.get("at", 0)),
+                at_ms=int(value.get("at_ms", 0)),
                 photo_id=photos.get(key),
             )
             for key, value in raw.items()
             if isinstance(value, dict)
         ]
-        return sorted(out, key=lambda e: (e.at, e.entry_id))
+        # Time of entry, then id: every device lists the same ledger in the same order.
+        return sorted(out, key=lambda e: (e.at_ms, e.entry_id))
 
     def balance_cents(self) -> int:
         return sum(e.amount_cents for e in self.entries())

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
 from client import crypto
 from client.identity import Identity
@@ -180,3 +181,25 @@ def test_socket_url_carries_position_never_a_token() -> None:
         ws_url("https://relay.example", BOOK, 42, "ep")
         == f"wss://relay.example/ws/relay/{BOOK}?since=42&epoch=ep"
     )
+
+
+def test_protocol_walkthrough_vectors_open() -> None:
+    """The vectors in client/PROTOCOL.md are what this client computes."""
+    from pairing import sas
+
+    text = (Path(__file__).resolve().parents[2] / "client" / "PROTOCOL.md").read_text()
+    blob = bytes.fromhex(
+        "016465666768696a6b6c6d6e6f707172737475767778797a7b341c94d5df7ee6e1ec55e91fc91f9d"
+        "bd3ec826519249a9c4e3271d91725c700c59a7a2f806ce16f0f033"
+    )
+    assert blob.hex() in text
+    opened = crypto.open_sealed(bytes(range(32)), blob, crypto.op_aad(BOOK))
+    assert opened == b"Home Pocket op test vector"
+    assert blob[1:25] == bytes(range(100, 124))
+    pk_g = bytes.fromhex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8")
+    pk_j = bytes.fromhex("29acbae141bccaf0b22e1a94d34d0bc7361e526d0bfe12c89794bc9322966dd7")
+    assert Identity(SigningKey(bytes(range(32)))).public_key == pk_g
+    commit = sas.commitment(pk_g, b"\x11" * 32)
+    assert commit.hex() in text
+    code = sas.sas(pk_g, pk_j, b"\x11" * 32, b"\x22" * 32)
+    assert code == "600359" and code in text

@@ -23,7 +23,7 @@ from infra.context import Capability, Infra, count_call, enforce
 from infra.envelope import ok
 from infra.errors import ApiError, forbidden, validation
 from infra.members import PENDING
-from infra.ratelimit import LimitStoreDown, Verdict
+from infra.ratelimit import LimitStoreDown
 from infra.ratelimit import fail_closed as limiter_down
 from infra.validate import (
     BOOK_ID,
@@ -145,7 +145,7 @@ def build(infra: Infra) -> Capability:
         raw = await read_body(request, s.max_body_bytes)
         caller = await infra.auth.authenticate(request.headers.get("authorization"))
         limit_keys = [caller.device_id, infra.ip_key(request)]
-        budgets = await _failure_budgets(infra, limit_keys)
+        limited = await _failure_budgets(infra, limit_keys)
         infra.auth.require_not_revoked(caller)
         if caller.device.role == PENDING:
             raise forbidden("pending")
@@ -167,7 +167,7 @@ def build(infra: Infra) -> Capability:
             raise await failed(ApiError("INVALID_SHORT_CODE", "The code is not 6 digits."))
         if caller.device.book_ref is not None:  # checked before the code: never consumed
             raise ApiError("DEVICE_EXISTS", "This device already belongs to a book.")
-        async with _inflight(infra, state.get().store, budgets):
+        async with _inflight(infra, state.get().store, limited):
             try:
                 session = await state.get().verify(caller.device, code)
             except ApiError as exc:
@@ -260,10 +260,10 @@ def build(infra: Infra) -> Capability:
     return Capability("pairing", routes, openapi_paths=PATHS, start=start, stop=stop)
 
 
-async def _failure_budgets(infra: Infra, keys: list[str]) -> list[tuple[str, Verdict]]:
-    """429 when a key's failed verifies are used up; counts nothing (only failures count).
-    Returns each key with what is left of its budget."""
-    budgets: list[tuple[str, Verdict]] = []
+async def _failure_budgets(infra: Infra, keys: list[str]) -> list[str]:
+    """429 when a key's failed verifies are used up; counts nothing (only failures
+    count). Returns the keys whose limit is on."""
+    limited: list[str] = []
     for key in keys:
         try:
             verdict = await infra.limiter.test(VERIFY_LIMIT, key)
@@ -271,8 +271,8 @@ async def _failure_budgets(infra: Infra, keys: list[str]) -> list[tuple[str, Ver
             raise limiter_down() from None
         enforce(verdict, VERIFY_LIMIT)
         if verdict is not None:
-            budgets.append((key, verdict))
-    return budgets
+            limited.append(key)
+    return limited
 
 
 async def _count_failure(infra: Infra, keys: list[str]) -> None:
@@ -281,16 +281,14 @@ async def _count_failure(infra: Infra, keys: list[str]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _inflight(
-    infra: Infra, store: PairingStore, budgets: list[tuple[str, Verdict]]
-) -> AsyncIterator[None]:
+async def _inflight(infra: Infra, store: PairingStore, keys: list[str]) -> AsyncIterator[None]:
     """Hold a slot per limit key while the code is checked, then read the budget again:
     a guess goes on only if the guesses in flight fit in what is left. A failure is
     counted before its slot is freed, so however many guesses race, at most the limit
     of them can fail in a window (the rest get a 429 without touching the code)."""
     held: list[str] = []
     try:
-        for key, _ in budgets:
+        for key in keys:
             slot = "verify:" + key
             in_flight = await store.reserve(slot, INFLIGHT_TTL_S)
             held.append(slot)

@@ -4,7 +4,9 @@ Key names hold only HMACs, random pairing ids, book_refs and device ids; the raw
 book_id is a field of the session hash and nothing else. Physical TTLs match the
 logical ones, so a session is gone from Redis 10 minutes after verify even if no
 instance is running; the `due` index keeps just enough (pairing id, book_ref,
-joiner) for the sweeper to remove an unconfirmed joiner.
+joiner) for the sweeper to remove an unconfirmed joiner. Some scripts touch keys
+they derive from a pairing id, so this wants one Redis (with replicas if you like),
+not Redis Cluster.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from nacl.exceptions import CryptoError
 
 from infra.clock import ManualClock
 from pairing import sas
@@ -159,10 +160,32 @@ async def test_expired_code_then_tombstone(tuned: Any) -> None:
         assert gone.status_code == 404 and error_code(gone) == "PAIRING_NOT_FOUND"
 
 
-async def test_codes_are_unique_among_live_codes(api: Api) -> None:
+async def test_codes_are_unique_among_live_codes(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = iter([42, 42, 42, 77])
+    monkeypatch.setattr("pairing.service.secrets.randbelow", lambda n: next(draws))
     g = await api.founder()
-    codes = [(await api.generate(g))["short_code"] for _ in range(10)]
-    assert len(set(codes)) == 10
+    first, second = await api.generate(g), await api.generate(g)
+    assert (first["short_code"], second["short_code"]) == ("000042", "000077")
+    assert first["pairing_id"] != second["pairing_id"]
+
+
+async def test_tombstone_lasts_300_seconds_and_blocks_reuse(
+    tuned: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ManualClock(time.time())
+    async with tuned(clock=clock) as (_, api):
+        g, j = await api.founder(), await api.newcomer()
+        monkeypatch.setattr("pairing.service.secrets.randbelow", lambda n: 123456)
+        code = (await api.generate(g))["short_code"]
+        clock.advance(301)
+        # Expired, but its tombstone still holds the code: no new code may take it.
+        assert error_code(await api.post("/pairing/generate", g, {"book_id": g.book_id})) == (
+            "SERVICE_UNAVAILABLE"
+        )
+        assert error_code(await api.verify(j, code)) == "SHORT_CODE_EXPIRED"
+        clock.advance(300)
+        assert error_code(await api.verify(j, code)) == "INVALID_SHORT_CODE"
+        assert (await api.generate(g))["short_code"] == code  # free again
 
 
 async def test_twenty_concurrent_verifies_one_winner(tuned: Any) -> None:
@@ -372,3 +395,40 @@ async def test_erasing_the_book_drops_its_codes_and_sessions(api: Api) -> None:
     assert erased.status_code == 204
     dead = await api.verify(await api.newcomer(), code)
     assert error_code(dead) == "INVALID_SHORT_CODE"
+
+
+async def test_a_server_swapping_keys_is_caught(api: Api) -> None:
+    """The real server in the middle, with the test playing a man in the middle that
+    hands each side a key of its own: the SAS differ and J cannot open the book key."""
+    g, j = await api.founder(), await api.newcomer()
+    mallory_g, mallory_j = DeviceKey(), DeviceKey()  # posing as G to J, as J to G
+    generated = await api.generate(g)
+    pid = generated["pairing_id"]
+    verified = (await api.verify(j, generated["short_code"])).json()["data"]
+    pk_g_at_j = mallory_g.public_raw  # the swap: J is told Mallory's key ...
+    assert base64.b64decode(verified["peer_public_key"]) == g.public_raw
+    seen = (await api.exchange(g, pid)).json()["data"]
+    assert base64.b64decode(seen["peer_public_key"]) == j.public_raw
+    pk_j_at_g = mallory_j.public_raw  # ... and G is told the other one.
+
+    n_g, n_j = sas.new_nonce(), sas.new_nonce()
+    await api.exchange(g, pid, sas.commit_message(g.public_raw, n_g))
+    commit_seen = (await api.exchange(j, pid)).json()["data"]["payloads"][0]
+    await api.exchange(j, pid, sas.nonce_message(n_j))
+    await api.exchange(g, pid, sas.reveal_message(n_g))
+    payloads = (await api.exchange(j, pid)).json()["data"]["payloads"]
+    _, commit = sas.parse(base64.b64decode(commit_seen))
+    _, revealed = sas.parse(base64.b64decode(payloads[1]))
+    # The commitment was made over G's real key, so J, holding Mallory's, aborts here ...
+    with pytest.raises(sas.PairingAbort):
+        sas.check_reveal(commit, pk_g_at_j, revealed)
+    # ... and had Mallory re-committed, the digits on the two screens still differ.
+    at_g = sas.sas(g.public_raw, pk_j_at_g, n_g, n_j)
+    at_j = sas.sas(pk_g_at_j, j.public_raw, revealed, n_j)
+    assert at_g != at_j
+    # G, fooled, seals the book key to the key it was given: J cannot open it.
+    sealed = sas.seal_book_key(b"\x07" * 32, seed_of(g), pk_j_at_g)
+    await api.exchange(g, pid, sealed)
+    box = (await api.exchange(j, pid)).json()["data"]["payloads"][-1]
+    with pytest.raises(CryptoError):
+        sas.open_book_key(base64.b64decode(box), seed_of(j), pk_g_at_j)

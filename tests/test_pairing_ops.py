@@ -217,6 +217,7 @@ async def test_unreachable_store_fails_closed(
                 await client.aclose()
             generated = await api.post("/pairing/generate", g, {"book_id": g.book_id})
             verified = await api.verify(j, code)
-            for response in (generated, verified):
+            exchanged = await api.exchange(g, "pair_" + "A" * 24)  # no limit: the store itself
+            for response in (generated, verified, exchanged):
                 assert response.status_code == 503, response.text
                 assert error_code(response) == "SERVICE_UNAVAILABLE"

@@ -117,3 +117,18 @@ def test_swapped_keys_are_caught_by_sas_and_box() -> None:
         sas.open_book_key(to_fake_j, j_seed, pk_g)
     honest = sas.seal_book_key(book_key, g_seed, pk_j)
     assert sas.open_book_key(honest, j_seed, pk_g) == book_key
+
+
+def test_key_order_matters() -> None:
+    pk_g, pk_j = bytes.fromhex(PK_G), bytes.fromhex(PK_J)
+    swapped = [sas.sas(pk_j, pk_g, bytes.fromhex(a), bytes.fromhex(b)) for a, b, _, _ in VECTORS]
+    assert swapped == ["814034", "218340", "003737"]
+
+
+def test_the_server_never_loads_the_client_module() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys, infra.app, pairing.app; print('pairing.sas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

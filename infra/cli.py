@@ -48,6 +48,13 @@ async def _check_and_migrate(settings: Settings, migrate: bool) -> list[int]:
             await infra.check_redis()
         finally:
             await infra.redis().aclose()
+    if settings.s3_bucket:
+        from infra.clock import SystemClock
+        from storage.blobs import open_blob_store  # the bucket check lives with the store
+
+        store = open_blob_store(settings, SystemClock())
+        await store.start()  # ConfigError naming S3_BUCKET when the bucket is unreachable
+        await store.close()
     return applied
 
 

@@ -10,7 +10,7 @@ CORS headers come from the edge middleware, as for the API. Never logs a key or 
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
@@ -44,7 +44,7 @@ def blob_routes(store: LocalBlobStore) -> list[Route]:
             raise ApiError(
                 "PAYLOAD_TOO_LARGE", "More bytes than signed.", {"limit": length}
             ) from None
-        except TooLittle:
+        except (TooLittle, ClientDisconnect):
             raise validation("body", "ended before the signed length") from None
         return Response(status_code=200)
 

@@ -133,10 +133,14 @@ class LocalBlobStore:
         return None  # the server's sweeper is the only lifecycle here
 
     async def delete(self, key: str) -> None:
+        path = anyio.Path(self.path_of(key))
         try:
-            await anyio.Path(self.path_of(key)).unlink(missing_ok=True)
+            await path.unlink(missing_ok=True)
         except OSError as exc:
             raise BlobStoreError(type(exc).__name__) from exc
+        # An empty book folder would still tell that a book_ref once had photos.
+        with contextlib.suppress(OSError):
+            await path.parent.rmdir()
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         for key in keys:

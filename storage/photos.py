@@ -207,7 +207,16 @@ class Photos:
         except BlobStoreError as exc:
             log.warning("blob store refused a delete", extra={"error": str(exc)})
             raise s3_error() from None
-        await self.db.execute("DELETE FROM photos WHERE photo_id = $1", photo.photo_id)
+        now = self.now()
+        url_expired_at = photo.created_at + self.limits.url_ttl_s
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM photos WHERE photo_id = $1", photo.photo_id)
+            if url_expired_at >= now:  # its upload URL still works: delete again later
+                await tx.execute(
+                    "INSERT INTO blob_deletions (target, not_before) VALUES ($1, $2)",
+                    photo.key,
+                    url_expired_at + LATE_UPLOAD_MARGIN_S,
+                )
 
     async def erase_book(self, book_ref: str) -> None:
         """Rows go now; the folder is emptied now if the store answers, else by the
@@ -220,7 +229,7 @@ class Photos:
                 "INSERT INTO blob_deletions (target, not_before) VALUES ($1, $2)",
                 [(prefix, now), (prefix, now + self.limits.url_ttl_s + LATE_UPLOAD_MARGIN_S)],
             )
-        await self.drain_deletions()
+        await self.drain_deletions(only=prefix)
 
     async def sweep(self) -> tuple[int, int]:
         """Abandoned uploads out, refused deletions retried: (abandoned, deletions done)."""
@@ -249,12 +258,14 @@ class Photos:
                     )
         return abandoned, await self.drain_deletions()
 
-    async def drain_deletions(self) -> int:
-        """Try every due deletion once; a refused one waits longer each time (max 1 h)."""
+    async def drain_deletions(self, only: str | None = None) -> int:
+        """Try every due deletion (or those of one target) once; a refused one waits
+        longer each time (at most an hour)."""
         due = await self.db.fetch(
             "SELECT id, target, attempts FROM blob_deletions WHERE not_before <= $1"
-            " ORDER BY not_before, id LIMIT $2",
+            " AND (CAST($2 AS TEXT) IS NULL OR target = $2) ORDER BY not_before, id LIMIT $3",
             self.now(),
+            only,
             SWEEP_BATCH,
         )
         done = 0

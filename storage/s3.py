@@ -17,6 +17,7 @@ from storage.blobs import BlobStoreError, SignedPut
 
 PENDING_TAG = "upload=pending"
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_NO_TAGGING = {"NotImplemented", "MethodNotAllowed", "XNotImplemented"}
 _DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 
 
@@ -98,8 +99,17 @@ class S3BlobStore:
         return int(answer["ContentLength"])
 
     async def mark_complete(self, key: str) -> None:
-        async with _errors():
-            await self._s3().delete_object_tagging(Bucket=self.bucket, Key=key)
+        from botocore.exceptions import ClientError
+
+        try:
+            async with _errors():
+                await self._s3().delete_object_tagging(Bucket=self.bucket, Key=key)
+        except BlobStoreError as exc:
+            # Some S3-compatible services have no object tags: then only the sweeper
+            # removes abandoned uploads, and keeping the photo must not fail.
+            cause = exc.__cause__
+            if not (isinstance(cause, ClientError) and _code(cause) in _NO_TAGGING):
+                raise
 
     async def delete(self, key: str) -> None:
         async with _errors():

@@ -1,0 +1,89 @@
+"""Helpers for the photo tests: members of fresh books, uploads through the real URLs,
+and servers built with the storage capability's test-only knobs."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from infra import devices_api
+from infra.clock import Clock
+from infra.context import Capability, Infra
+from infra.settings import Settings
+from storage.app import Runtime, make
+from tests.support.keys import DeviceKey
+from tests.support.services import InProcessServer
+
+
+async def member(client: httpx.AsyncClient) -> DeviceKey:
+    """A device that just created its own book."""
+    device = DeviceKey()
+    device.book_id = str(uuid.uuid4())
+    response = await client.post(
+        "/api/v1/devices",
+        json={"public_key": device.public_b64, "book_id": device.book_id},
+        headers=device.auth(),
+    )
+    assert response.status_code == 201, response.text
+    return device
+
+
+async def reserve(
+    client: httpx.AsyncClient,
+    device: DeviceKey,
+    size: int,
+    at: float | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    """Ask for an upload URL; `at` signs the token at that time (for a moved clock)."""
+    body = {"book_id": device.book_id, "size_bytes": size, **extra}
+    headers = device.auth() if at is None else device.auth(iat=at, exp=at + 600)
+    return await client.post("/api/v1/photos/upload", json=body, headers=headers)
+
+
+async def put(client: httpx.AsyncClient, upload: dict[str, Any], data: bytes) -> httpx.Response:
+    """PUT exactly as a client must: the given bytes with exactly `upload_headers`."""
+    assert upload["upload_method"] == "PUT"
+    return await client.put(upload["upload_url"], content=data, headers=upload["upload_headers"])
+
+
+async def complete(client: httpx.AsyncClient, device: DeviceKey, photo_id: str) -> httpx.Response:
+    return await client.post(f"/api/v1/photos/{photo_id}/complete", headers=device.auth())
+
+
+async def stored_photo(client: httpx.AsyncClient, device: DeviceKey, data: bytes) -> str:
+    """Upload and complete one photo; its photo_id."""
+    reserved = await reserve(client, device, len(data))
+    assert reserved.status_code == 201, reserved.text
+    upload = reserved.json()["data"]
+    assert (await put(client, upload, data)).status_code == 200
+    done = await complete(client, device, upload["photo_id"])
+    assert done.status_code == 200, done.text
+    return str(upload["photo_id"])
+
+
+def code(response: httpx.Response) -> str:
+    return str(response.json()["error"]["code"])
+
+
+@contextlib.asynccontextmanager
+async def storage_server(
+    settings: Settings, clock: Clock | None = None, **knobs: Any
+) -> AsyncIterator[tuple[InProcessServer, httpx.AsyncClient, Runtime]]:
+    """The real app (devices + storage) with storage's knobs (url_ttl_s, sweep_every_s)."""
+    held: list[Runtime] = []
+
+    def storage(infra: Infra) -> Capability:
+        cap, runtime = make(infra, **knobs)
+        held.append(runtime)
+        return cap
+
+    async with (
+        InProcessServer(settings, clock=clock, capabilities=[devices_api.build, storage]) as srv,
+        httpx.AsyncClient(base_url=srv.url, timeout=10) as client,
+    ):
+        yield srv, client, held[0]

@@ -137,8 +137,8 @@ async def _story(alice: Device, bob: Device, say: Say) -> DemoResult:
     fetched = await bob.fetch_photo(photo_id)
     photo_ok = fetched == receipt
     say(
-        "   Bob's phone downloads and decrypts it: SHA-256 "
-        + ("matches." if photo_ok else "DOES NOT MATCH.")
+        "   Bob's phone downloads and decrypts it: "
+        + ("the same bytes as the original." if photo_ok else "NOT THE ORIGINAL.")
     )
     await asyncio.gather(alice.wait_synced(), bob.wait_synced())
 

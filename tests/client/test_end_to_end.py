@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,18 @@ async def test_reconnect_and_resync_across_a_server_restart(tmp_path: Path) -> N
         await a.close()
         await b.close()
         process.stop()
+
+
+async def test_demo_command_runs_its_own_embedded_server() -> None:
+    """`homepocket-relay demo` as a user runs it: a real process, its own server."""
+    exe = Path(sys.executable).parent / "homepocket-relay"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    proc = await asyncio.create_subprocess_exec(
+        str(exe), "demo", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 50)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "Alice's and Bob's copies are identical." in text
+    assert "the same bytes as the original." in text
+    assert "What the server saw:" in text and "Traceback" not in text

@@ -19,6 +19,7 @@ from client.demo import run_scenario
 from client.device import Device
 from client.identity import unb64
 from client.session import Backoff
+from tests.conftest import make_settings, reset_production
 from tests.support.services import ID_HASH_KEY, InProcessServer, ServerProcess, free_port
 
 NOTES = ("Groceries", "Electricity bill", "Bakery", "Pharmacy")
@@ -143,14 +144,26 @@ async def test_revoked_device_stops_reconnecting(server: InProcessServer, tmp_pa
 
 
 @pytest.mark.slow
-async def test_reconnect_and_resync_across_a_server_restart(tmp_path: Path) -> None:
+async def test_reconnect_and_resync_across_a_server_restart(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A real `homepocket-relay serve`, stopped (SIGTERM: sockets close with 1012) and
-    started again on the same port. The embedded backlog lives in memory, so the epoch
-    changes: devices get sync_gap and exchange their full state through the relay."""
+    started again on the same port. On the embedded default the backlog lived in that
+    process, so the epoch changes: the devices get sync_gap and exchange their full
+    state through the relay. On Redis the backlog survives: they resume from it."""
     env = {"ID_HASH_KEY": ID_HASH_KEY, "RATE_LIMIT_WS_CONNECT": "off", "LOG_LEVEL": "WARNING"}
-    env.update({k: "" for k in ("DATABASE_URL", "REDIS_URL", "S3_BUCKET") if k in os.environ})
+    if backend == "production":
+        settings = make_settings(backend, tmp_path, request, with_s3=False)
+        await reset_production(settings)
+        env.update(DATABASE_URL=str(settings.database_url), REDIS_URL=str(settings.redis_url))
     process = ServerProcess(env, tmp_path / "server", port=free_port()).start()
-    a, b = fast(process.url, tmp_path, "a"), fast(process.url, tmp_path, "b")
+    events: list[tuple[str, str]] = []
+
+    def record(name: str, kind: str, msg: object) -> None:
+        events.append((name, kind))
+
+    a = fast(process.url, tmp_path, "a", on_event=record)
+    b = fast(process.url, tmp_path, "b", on_event=record)
     try:
         await a.create_book()
         await b.register()
@@ -172,10 +185,12 @@ async def test_reconnect_and_resync_across_a_server_restart(tmp_path: Path) -> N
 
         await a.wait_synced(within_s=20)  # reconnected by itself, queued op acked
         assert a.session is not None and a.session.connects >= 2
-        b.go_online()  # B's position is in the old epoch: a gap, then a state exchange
+        b.go_online()  # resumes: from the backlog, or after a gap by a state exchange
         await b.wait_until(lambda: len(b.ledger.entries()) == 3, within_s=20)
         await a.wait_until(lambda: len(a.ledger.entries()) == 3)
         assert a.ledger.entries() == b.ledger.entries()
+        gaps = {name for name, kind in events if kind == "sync_gap"}
+        assert gaps == ({"a", "b"} if backend == "embedded" else set())
     finally:
         await a.close()
         await b.close()

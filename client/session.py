@@ -188,6 +188,9 @@ class RelaySession:
         sent = self._sent = set()
         while True:
             await self.live.wait()
+            # Cleared before the pass, not after: an op queued while a send is awaited
+            # sets it again, so the next pass picks that op up.
+            self._wake.clear()
             device = self.device
             if device.owe_state:
                 device.owe_state = False
@@ -204,7 +207,6 @@ class RelaySession:
                 }
                 await ws.send(json.dumps(message))
             sent.intersection_update(device.state.outbox)
-            self._wake.clear()
             await self._wake.wait()
 
     def wake(self) -> None:

@@ -83,6 +83,34 @@ async def test_three_devices_one_offline_converge(server: InProcessServer, tmp_p
             await d.close()
 
 
+async def test_outbox_and_ledger_survive_an_app_restart(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    """Entries written offline and never sent survive the app being killed: the outbox,
+    the ledger and the position are on disk, and go out on the next start."""
+    a, b = fast(server.url, tmp_path, "a"), fast(server.url, tmp_path, "b")
+    try:
+        await a.create_book()
+        await b.register()
+        await pair.side_by_side(a, b)
+        a.go_online()
+        a.add_entry(-1, "from a")
+        await a.wait_synced()
+        b.add_entry(-2, "written offline")  # b never went online
+        await b.close()
+        b = fast(server.url, tmp_path, "b")  # the app starts again from its folder
+        assert [e.note for e in b.ledger.entries()] == ["written offline"]
+        assert len(b.state.outbox) == 1
+        b.go_online()
+        await b.wait_synced()
+        await b.wait_until(lambda: len(b.ledger.entries()) == 2)
+        await a.wait_until(lambda: len(a.ledger.entries()) == 2)
+        assert a.ledger.entries() == b.ledger.entries()
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_a_wrong_book_key_decrypts_nothing(server: InProcessServer, tmp_path: Path) -> None:
     a, b = fast(server.url, tmp_path, "a"), fast(server.url, tmp_path, "b")
     try:

@@ -171,6 +171,23 @@ async def test_revoked_device_stops_reconnecting(server: InProcessServer, tmp_pa
         await b.close()
 
 
+async def test_erased_book_stops_every_device(server: InProcessServer, tmp_path: Path) -> None:
+    a, b = fast(server.url, tmp_path, "a"), fast(server.url, tmp_path, "b")
+    try:
+        await a.create_book()
+        await b.register()
+        await pair.side_by_side(a, b)
+        sessions = [a.go_online(), b.go_online()]
+        await asyncio.gather(a.wait_synced(), b.wait_synced())
+        await a.api.erase_book()
+        for d, session in zip((a, b), sessions, strict=True):
+            await d.wait_until(lambda s=session: not s.running)  # type: ignore[misc]
+            assert session.stopped_reason == "4410 book erased"
+    finally:
+        await a.close()
+        await b.close()
+
+
 @pytest.mark.slow
 async def test_reconnect_and_resync_across_a_server_restart(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest

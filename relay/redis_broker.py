@@ -138,7 +138,8 @@ class RedisBroker:
     # Backlog.
     def _base_args(self, now: int) -> list[Any]:
         lim = self._limits
-        return [self._run_id, new_epoch(), now, lim.max_ops, lim.max_bytes, lim.max_age_s]
+        keep = lim.max_age_s + KEEP_EXTRA_S
+        return [self._run_id, new_epoch(), now, lim.max_ops, lim.max_bytes, lim.max_age_s, keep]
 
     async def append(self, book_ref: str, op: NewOp) -> Appended:
         day = op.now // 86400
@@ -155,7 +156,6 @@ class RedisBroker:
             op_tail(op.payload, op.timestamp, op.device_id, op.now),
             op.origin,
             channel(book_ref),
-            self._limits.max_age_s + KEEP_EXTRA_S,
             2 * IDEMPOTENCY_TTL_S,
         ]
         duplicate, seq, relay_ts = await self._batched(["append", keys, args])
@@ -227,7 +227,7 @@ class RedisBroker:
         return History(head, int(start), bool(gap), [line.decode() for line in lines])
 
     async def drop_book(self, book_ref: str) -> None:
-        doomed = [_k(book_ref, p) for p in ("m", "l", "t")]
+        doomed = [_k(book_ref, p) for p in ("m", "l", "t", "s")]
         async for key in self._r.scan_iter(match=_k(book_ref, "i:*"), count=500):
             doomed.append(key)
         await self._r.delete(*doomed)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 # Shared by both scripts. KEYS[1] meta hash, KEYS[2] op lines, KEYS[3] "time:size" per op.
 # ARGV[1] Redis run_id as this instance read it, ARGV[2] a fresh epoch, ARGV[3] now,
-# ARGV[4..6] max ops, bytes, age.
+# ARGV[4..6] max ops, bytes, age, ARGV[7] how long the book's keys outlive their last write.
 _COMMON = """
+local KEEP = 7
 local function head()
   local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'run', 'oldest', 'bytes')
   if (not m[1]) or m[3] ~= ARGV[1] then
@@ -18,6 +19,7 @@ local function head()
     redis.call('DEL', KEYS[2], KEYS[3])
     redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'seq', 0, 'run', ARGV[1], 'oldest', 1,
                'bytes', 0)
+    redis.call('EXPIRE', KEYS[1], ARGV[KEEP])
     return ARGV[2], 0, 1, 0
   end
   return m[1], tonumber(m[2]), tonumber(m[4]), tonumber(m[5])
@@ -48,14 +50,14 @@ end
 """
 
 # KEYS[4], KEYS[5]: the device's client ids of today and yesterday.
-# ARGV[7] client id ('' for none), ARGV[8] the op line after its seq, ARGV[9] origin
-# connection, ARGV[10] channel, ARGV[11] key lifetime (s), ARGV[12] client-id lifetime (s).
+# ARGV[8] client id ('' for none), ARGV[9] the op line after its seq, ARGV[10] origin
+# connection, ARGV[11] channel, ARGV[12] client-id lifetime (s).
 APPEND = (
     _COMMON
     + """
 local epoch, seq, oldest, bytes = head()
 local now = ARGV[3]
-local cid = ARGV[7]
+local cid = ARGV[8]
 if cid ~= '' then
   local prior = redis.call('HGET', KEYS[4], cid) or redis.call('HGET', KEYS[5], cid)
   if prior then
@@ -66,7 +68,7 @@ if cid ~= '' then
   end
 end
 seq = seq + 1
-local line = '{"type":"crdt_operation","seq":' .. seq .. ARGV[8]
+local line = '{"type":"crdt_operation","seq":' .. seq .. ARGV[9]
 if tonumber(ARGV[4]) > 0 then
   redis.call('RPUSH', KEYS[2], line)
   redis.call('RPUSH', KEYS[3], now .. ':' .. #line)
@@ -77,27 +79,27 @@ else
 end
 redis.call('HSET', KEYS[1], 'seq', seq, 'oldest', oldest, 'bytes', bytes)
 for i = 1, 3 do
-  redis.call('EXPIRE', KEYS[i], ARGV[11])
+  redis.call('EXPIRE', KEYS[i], ARGV[KEEP])
 end
 if cid ~= '' then
   redis.call('HSET', KEYS[4], cid, seq .. ':' .. now .. ':' .. epoch)
   redis.call('EXPIRE', KEYS[4], ARGV[12])
 end
-redis.call('PUBLISH', ARGV[10], 'o' .. ARGV[9] .. ' ' .. seq .. '\\n' .. line)
+redis.call('PUBLISH', ARGV[11], 'o' .. ARGV[10] .. ' ' .. seq .. '\\n' .. line)
 return {0, seq, tonumber(now)}
 """
 )
 
-# ARGV[7] since, ARGV[8] epoch ('' for none), ARGV[9] limit (0: the head only).
+# ARGV[8] since, ARGV[9] epoch ('' for none), ARGV[10] limit (0: the head only).
 READ = (
     _COMMON
     + """
 local epoch, seq, oldest, bytes = head()
 oldest, bytes = trim(seq, oldest, bytes)
 redis.call('HSET', KEYS[1], 'oldest', oldest, 'bytes', bytes)
-local since, limit = tonumber(ARGV[7]), tonumber(ARGV[9])
+local since, limit = tonumber(ARGV[8]), tonumber(ARGV[10])
 local start, gap = since, 0
-if (since > 0 and ARGV[8] ~= epoch) or since > seq or since + 1 < oldest then
+if (since > 0 and ARGV[9] ~= epoch) or since > seq or since + 1 < oldest then
   start, gap = oldest - 1, 1
 end
 local lines = {}

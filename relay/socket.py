@@ -220,6 +220,10 @@ class RelaySocket:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+            elif reader is not None and not reader.cancelled() and reader.exception():
+                log.warning(
+                    "relay socket failed", extra={"error_type": type(reader.exception()).__name__}
+                )
             if attached:
                 with contextlib.suppress(Exception):
                     await self.hub.detach(conn)
@@ -339,6 +343,17 @@ class RelaySocket:
         except ApiError as exc:
             error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
             error["id"] = ops.echo_id(msg)
+            conn.push_control(dumps(error))
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            # The broker did not answer: the op was neither kept nor acked, so the client's
+            # offline queue retries it; the socket stays open.
+            log.warning("relay broker unavailable", extra={"error_type": type(exc).__name__})
+            error = {
+                "type": "error",
+                "code": "SERVICE_UNAVAILABLE",
+                "message": "The relay is briefly unavailable; retry.",
+                "id": ops.echo_id(msg),
+            }
             conn.push_control(dumps(error))
 
     async def _op(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:

@@ -143,3 +143,38 @@ async def test_backlog_bounds_and_pure_relay(custom: Any) -> None:
         assert (await late.recv_type("sync_complete", "crdt_operation"))["type"] == "sync_complete"
         for p in (pa, pb, late):
             await p.close()
+
+
+async def test_allowed_origin_may_connect(custom: Any) -> None:
+    async with custom(allowed_origins=("https://app.example",)) as (srv, http, s):
+        book_id, (a,) = await make_book(http, s, 1)
+        peer = await open_peer(srv.ws_url, book_id, a, headers={"Origin": "https://app.example"})
+        assert (await peer.recv_type("sync_complete"))["latest_seq"] == 0
+        await peer.close()
+
+
+async def test_sync_records_are_batched_not_written_per_op(custom: Any) -> None:
+    from infra.db import open_database
+
+    async with custom() as (srv, http, s):
+        book_id, (a,) = await make_book(http, s, 1)
+        book_ref = srv.infra.hasher.book_ref(book_id)
+        peer = await open_peer(srv.ws_url, book_id, a)
+        for i in range(5):
+            await peer.op(id=f"c{i}")
+        for _ in range(5):
+            await peer.recv_type("ack")
+        db = await open_database(s.database_url, s.data_dir)
+        try:
+            sql = "SELECT ops_total, bytes_total, last_op_at FROM sync_records WHERE book_ref = $1"
+            assert await db.fetchrow(sql, book_ref) is None  # nothing written per message
+            deadline = time.monotonic() + 5
+            row = None
+            while row is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                row = await db.fetchrow(sql, book_ref)
+            assert row is not None and row["ops_total"] == 5 and row["bytes_total"] > 0
+            assert abs(row["last_op_at"] - time.time()) < 10
+        finally:
+            await db.close()
+        await peer.close()

@@ -171,6 +171,51 @@ class Device:
             return False
         return True
 
+    # --- without a socket ------------------------------------------------------------------
+
+    async def sync_over_http(self) -> None:
+        """One round without a socket (a phone's background refresh): push the outbox
+        through `POST /relay/send` (same ids, so retries are still idempotent), then page
+        through `GET ops` from our position, with the same gap rules as the socket."""
+        if self.session is not None and self.session.running:
+            raise RuntimeError("the socket is syncing this device; use one or the other")
+        await self._push_over_http()
+        asked_for_state = False
+        while True:
+            position = self.state.position
+            epoch = position.epoch if position.seq > 0 else None
+            page = await self.api.ops(since=position.seq, epoch=epoch)
+            if position.seq == 0 and page.get("gap") is None:
+                position.epoch = str(page["epoch"])
+            gap = page.get("gap")
+            if gap is not None:
+                usable = await self.handle_gap({"epoch": page["epoch"], **gap})
+                if not usable and not asked_for_state:
+                    asked_for_state = True
+                    self.queue_state(request=True)
+            for op in page["ops"]:
+                self.receive_op(op)
+            if not page["has_more"]:
+                break
+        if self.owe_state or asked_for_state:
+            if self.owe_state:
+                self.owe_state = False
+                self.queue_state(request=False)
+            await self._push_over_http()
+
+    async def _push_over_http(self) -> None:
+        for pending in list(self.state.outbox.values()):
+            try:
+                sent = await self.api.send_op(
+                    unb64(pending.payload_b64), pending.timestamp, pending.op_id
+                )
+            except RelayError as refused:
+                if refused.code in ("VALIDATION_ERROR", "PAYLOAD_TOO_LARGE"):
+                    self.refused({"id": pending.op_id, "code": refused.code})
+                    continue
+                raise  # rate limited, or the server is away: the op stays queued
+            self.acked(pending.op_id, int(sent["seq"]))
+
     # --- snapshots ------------------------------------------------------------------------
 
     async def upload_snapshot(self) -> dict[str, Any]:

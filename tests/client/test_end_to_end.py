@@ -111,6 +111,31 @@ async def test_outbox_and_ledger_survive_an_app_restart(
         await b.close()
 
 
+async def test_a_device_without_a_socket_syncs_over_http(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    """POST /relay/send and GET ops: the same ledger, the same ids, no socket."""
+    a, b = fast(server.url, tmp_path, "a"), fast(server.url, tmp_path, "b")
+    try:
+        await a.create_book()
+        await b.register()
+        await pair.side_by_side(a, b)
+        a.go_online()
+        for i in range(3):
+            a.add_entry(-i, f"socket {i}")
+        await a.wait_synced()
+        b.add_entry(-7, "over http")
+        await b.sync_over_http()
+        assert not b.state.outbox and b.state.position.seq == 4
+        await b.sync_over_http()  # nothing new: nothing changes, nothing sent twice
+        await a.wait_until(lambda: len(a.ledger.entries()) == 4)
+        assert a.ledger.entries() == b.ledger.entries()
+        assert (await a.api.sync_status())["latest_seq"] == 4
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_a_wrong_book_key_decrypts_nothing(server: InProcessServer, tmp_path: Path) -> None:
     a, b = fast(server.url, tmp_path, "a"), fast(server.url, tmp_path, "b")
     try:

@@ -113,6 +113,7 @@ class Sink(Protocol):
 
 class Broker(Protocol):
     instance: str  # this process's random id, prefix of its connection ids
+    pipelined: bool  # appends take a round trip: a socket may have several in flight
 
     async def start(self, sink: Sink) -> None: ...
 

@@ -25,6 +25,7 @@ log = logging.getLogger("homepocket.relay")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 CLOSE_SEND_TIMEOUT_S = 5.0
+MAX_INFLIGHT = 32
 
 # Close codes of SPEC 4, and the reason each carries.
 TOKEN_EXPIRED = (4401, "INVALID_TOKEN")
@@ -71,11 +72,17 @@ class Conn:
         self.last_seq = 0  # highest seq queued to this socket
         self.closed: tuple[int, str] | None = None
         self.finished = asyncio.Event()
+        self.inflight = asyncio.Semaphore(MAX_INFLIGHT)  # ops sent to the broker, not acked
+        self.appending: set[asyncio.Task[None]] = set()
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._writer = asyncio.ensure_future(self._write_forever())
+
+    def appended(self, task: asyncio.Task[None]) -> None:
+        self.appending.discard(task)
+        self.inflight.release()
 
     def push(self, line: str) -> None:
         """Queue one message line; a socket that cannot keep up is cut off (1013)."""

@@ -46,6 +46,7 @@ class _Book:
 class MemoryBroker:
     def __init__(self, limits: BacklogLimits, clock: Clock) -> None:
         self.instance = secrets.token_hex(8)
+        self.pipelined = False  # appends never wait: nothing to overlap
         self._limits = limits
         self._clock = clock
         self._books: dict[str, _Book] = {}

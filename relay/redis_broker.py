@@ -1,7 +1,7 @@
 """The Redis broker (production): many instances act as one.
 
 Seq, backlog and publish are one Lua step (relay.redis_scripts); appends from all
-sockets of the process go out pipelined in batches by one task; one subscriber
+sockets of the process go out pipelined on one hand-packed connection; one subscriber
 connection per process, subscribed only to the books it has sockets for. Socket
 records carry the instance id, and each instance keeps a heartbeat key with a TTL, so
 a dead instance's sockets stop counting as online and its peers are told `offline`.
@@ -36,6 +36,7 @@ from relay.broker import (
 )
 from relay.redis_scripts import APPEND, READ, TAKE_REFUND
 from relay.redis_sub import Subscriber
+from relay.resp import CommandConnection, ReplyError
 
 log = logging.getLogger("homepocket.relay")
 
@@ -59,6 +60,7 @@ class RedisBroker:
         self, redis: Callable[[], Any], url: str, limits: BacklogLimits, clock: Clock
     ) -> None:
         self.instance = secrets.token_hex(8)
+        self.pipelined = True  # a round trip per append: overlap them
         self._url = url
         self._redis_factory = redis
         self._limits = limits
@@ -68,8 +70,7 @@ class RedisBroker:
         self._sub: Subscriber | None = None
         self._run_id = ""
         self._sha: dict[str, str] = {}
-        self._pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._cmd = CommandConnection(url)
         self._tasks: list[asyncio.Task[None]] = []
 
     # Lifecycle.
@@ -91,6 +92,7 @@ class RedisBroker:
         self._tasks.clear()
         if self._sub is not None:
             await self._sub.stop()
+        await self._cmd.close()
         with contextlib.suppress(Exception):  # a clean goodbye: our sockets are gone
             await self._r.delete(PREFIX + "alive:" + self.instance)
             await self._reap(self.instance)
@@ -158,57 +160,18 @@ class RedisBroker:
             channel(book_ref),
             2 * IDEMPOTENCY_TTL_S,
         ]
-        duplicate, seq, relay_ts = await self._batched(["append", keys, args])
+        duplicate, seq, relay_ts = await self._script("append", keys, args)
         return Appended(int(seq), int(relay_ts), bool(duplicate))
 
-    async def _batched(self, call: list[Any]) -> Any:
-        """Queue one script call; one task sends everything queued as one pipeline."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((call, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                results = await self._run_batch([c for c, _ in batch])
-            except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(result, Exception):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
-
-    async def _run_batch(self, calls: list[list[Any]]) -> list[Any]:
-        from redis.exceptions import NoScriptError
-
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self._r.pipeline(transaction=False)
-            for i in todo:
-                name, keys, args = calls[i]
-                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
-            out = await pipe.execute(raise_on_error=False)
-            again = []
-            for i, result in zip(todo, out, strict=True):
-                if isinstance(result, NoScriptError) and attempt == 0:
-                    again.append(i)  # Redis restarted: its script cache is empty
-                else:
-                    results[i] = result
-            if not again:
-                break
-            await self._load()
-            todo = again
-        return results
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One script call on the pipelined connection (packed by hand: the hot path)."""
+        try:
+            return await self._cmd.call(b"EVALSHA", self._sha[name], len(keys), *keys, *args)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            await self._load()  # Redis restarted: its script cache is empty
+            return await self._cmd.call(b"EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     async def head(self, book_ref: str, now: int) -> Head:
         return (await self._read(book_ref, 0, None, 0, now)).head
@@ -221,7 +184,7 @@ class RedisBroker:
     ) -> History:
         keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]
         args = [*self._base_args(now), since, epoch or "", limit]
-        result = await self._batched(["read", keys, args])
+        result = await self._script("read", keys, args)
         ep, seq, oldest, size, gap, start, lines = result
         head = Head(ep.decode(), int(seq), int(oldest), int(size))
         return History(head, int(start), bool(gap), [line.decode() for line in lines])
@@ -276,7 +239,7 @@ class RedisBroker:
 
     async def take_refund(self, device_id: str) -> bool:
         key = PREFIX + "refund:" + device_id
-        return bool(await self._r.evalsha(self._sha["refund"], 1, key))
+        return bool(await self._script("refund", [key], []))
 
     # Liveness: our heartbeat, and the sockets of instances that died without goodbye.
     async def _beat(self) -> None:

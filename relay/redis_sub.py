@@ -11,19 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
+
+from relay.resp import open_stream, pack, read_reply
 
 log = logging.getLogger("homepocket.relay")
 CONFIRM_TIMEOUT_S = 5.0
-
-
-def _command(*parts: bytes) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
 
 
 class Subscriber:
@@ -57,28 +50,10 @@ class Subscriber:
                 await self._writer.wait_closed()
 
     async def _connect(self) -> asyncio.StreamReader:
-        parts = urlsplit(self.url)
-        if parts.scheme == "unix":
-            reader, writer = await asyncio.open_unix_connection(parts.path)
-        else:
-            tls = ssl.create_default_context() if parts.scheme == "rediss" else None
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname or "localhost", parts.port or 6379, ssl=tls),
-                5,
-            )
-        if parts.password is not None:
-            auth = [b"AUTH"]
-            if parts.username:
-                auth.append(unquote(parts.username).encode())
-            auth.append(unquote(parts.password).encode())
-            writer.write(_command(*auth))
-            reply = await asyncio.wait_for(reader.readline(), 5)
-            if not reply.startswith(b"+"):
-                writer.close()
-                raise ConnectionError("Redis refused the credentials")
+        reader, writer = await open_stream(self.url, select_db=False)  # pub/sub ignores dbs
         self._writer = writer
         if self.channels:
-            writer.write(_command(b"SUBSCRIBE", *sorted(self.channels)))
+            writer.write(pack(b"SUBSCRIBE", *sorted(self.channels)))
         self._connected.set()
         return reader
 
@@ -89,13 +64,13 @@ class Subscriber:
         self.channels.add(chan)
         await asyncio.wait_for(self._connected.wait(), CONFIRM_TIMEOUT_S)
         assert self._writer is not None
-        self._writer.write(_command(b"SUBSCRIBE", chan))
+        self._writer.write(pack(b"SUBSCRIBE", chan))
         await asyncio.wait_for(future, CONFIRM_TIMEOUT_S)
 
     async def unsubscribe(self, chan: bytes) -> None:
         self.channels.discard(chan)
         if self._writer is not None and self._connected.is_set():
-            self._writer.write(_command(b"UNSUBSCRIBE", chan))
+            self._writer.write(pack(b"UNSUBSCRIBE", chan))
 
     async def _run(self, reader: asyncio.StreamReader) -> None:
         delay = 0.1
@@ -107,6 +82,9 @@ class Subscriber:
             except Exception:
                 log.warning("relay subscriber connection lost")
             self._connected.clear()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
             self.on_lost()
             while True:
                 await asyncio.sleep(delay)
@@ -122,28 +100,16 @@ class Subscriber:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while True:
-            header = await reader.readline()
-            if not header:
-                raise ConnectionError("closed")
-            if header[:1] != b"*":
-                continue  # a stray reply (+OK, -ERR, :n): nothing to route
-            items: list[bytes | int | None] = []
-            for _ in range(int(header[1:])):
-                line = await reader.readline()
-                if line[:1] == b"$":
-                    size = int(line[1:])
-                    items.append(None if size < 0 else (await reader.readexactly(size + 2))[:-2])
-                elif line[:1] == b":":
-                    items.append(int(line[1:]))
-                else:
-                    raise ConnectionError("unexpected reply")
-            kind = items[0]
-            if kind == b"message" and isinstance(items[1], bytes) and isinstance(items[2], bytes):
+            reply = await read_reply(reader)
+            if not isinstance(reply, list) or len(reply) < 3:
+                continue  # a stray reply (+OK, -ERR): nothing to route
+            kind, chan, data = reply[0], reply[1], reply[2]
+            if kind == b"message":
                 try:
-                    self.on_message(items[1], items[2])
+                    self.on_message(chan, data)
                 except Exception:
                     log.exception("relay message handling failed")
-            elif kind == b"subscribe" and isinstance(items[1], bytes):
-                for future in self._waiting.pop(items[1], []):
+            elif kind == b"subscribe":
+                for future in self._waiting.pop(chan, []):
                     if not future.done():
                         future.set_result(None)

@@ -344,17 +344,6 @@ class RelaySocket:
             error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
             error["id"] = ops.echo_id(msg)
             conn.push_control(dumps(error))
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            # The broker did not answer: the op was neither kept nor acked, so the client's
-            # offline queue retries it; the socket stays open.
-            log.warning("relay broker unavailable", extra={"error_type": type(exc).__name__})
-            error = {
-                "type": "error",
-                "code": "SERVICE_UNAVAILABLE",
-                "message": "The relay is briefly unavailable; retry.",
-                "id": ops.echo_id(msg),
-            }
-            conn.push_control(dumps(error))
 
     async def _op(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:
         infra = self.infra
@@ -365,12 +354,35 @@ class RelaySocket:
         if refused is not None:
             raise refused
         op = NewOp(conn.device_id, client_id, payload, timestamp, conn.conn_id, now)
-        done = await self.broker.append(conn.book_ref, op)
+        if not self.broker.pipelined:
+            await self._append(conn, op)
+            return
+        # Don't wait for the broker's round trip before reading the next op: appends of one
+        # socket queue in order (so do their seqs and acks), at most MAX_INFLIGHT at once.
+        await conn.inflight.acquire()
+        task = asyncio.ensure_future(self._append(conn, op))
+        conn.appending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(conn.appended)
+
+    async def _append(self, conn: Conn, op: NewOp) -> None:
+        try:
+            done = await self.broker.append(conn.book_ref, op)
+        except Exception as exc:  # the broker failed (down, out of memory): not kept
+            # Neither kept nor acked: the client's offline queue retries it.
+            log.warning("relay broker unavailable", extra={"error_type": type(exc).__name__})
+            error = {
+                "type": "error",
+                "code": "SERVICE_UNAVAILABLE",
+                "message": "The relay is briefly unavailable; retry.",
+                "id": op.client_id,
+            }
+            conn.push_control(dumps(error))
+            return
         if not done.duplicate:
-            self.records.count(conn.book_ref, len(payload), now)
+            self.records.count(conn.book_ref, len(op.payload), op.now)
         ack = {
             "type": "ack",
-            "id": client_id,
+            "id": op.client_id,
             "seq": done.seq,
             "relay_timestamp": done.relay_timestamp,
         }

@@ -190,3 +190,100 @@ async def test_new_in_process_broker_gives_sync_gap(
         gap = await pb.recv_type("sync_gap")
         assert gap["epoch"] != epoch and gap["resume_seq"] == 0
         await pb.close()
+
+
+async def test_redis_restart_closes_1012_and_resume_sees_a_new_epoch(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import shutil
+    import subprocess
+
+    from tests.support.services import free_port, wait_port
+
+    port = free_port()
+    args = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
+    args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        return proc
+
+    redis_proc = start_redis()
+    try:
+        s = make_settings(
+            "production", tmp_path, request, with_s3=False, redis_url=f"redis://127.0.0.1:{port}/0"
+        )
+        await reset_production(s)
+        async with InProcessServer(s) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+            book_id, (a, b) = await make_book(http, s, 2)
+            pa = await open_peer(srv.ws_url, book_id, a)
+            epoch = pa.welcome["epoch"]  # type: ignore[attr-defined]
+            await pa.op(id="before")
+            await pa.recv_type("ack")
+            redis_proc.terminate()
+            redis_proc.wait(10)
+            redis_proc = start_redis()  # a new run_id, and everything gone
+            code, _ = await pa.closed(timeout=10)
+            assert code == 1012  # the bus dropped: sockets resume rather than miss ops
+            await asyncio.sleep(2.5)  # the instance re-reads run_id on its heartbeat
+            pb = await open_peer(srv.ws_url, book_id, b, since=1, epoch=epoch)
+            gap = await pb.recv_type("sync_gap")
+            assert gap["epoch"] != epoch
+            await pb.op(id="after")
+            assert (await pb.recv_type("ack"))["seq"] == 1
+            await pb.close()
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+
+
+async def test_hung_redis_refuses_ops_with_an_error_and_recovers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import shutil
+    import subprocess
+
+    from tests.support.services import free_port, wait_port
+
+    port = free_port()
+    redis_proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    try:
+        s = make_settings(
+            "production", tmp_path, request, with_s3=False, redis_url=f"redis://127.0.0.1:{port}/0"
+        )
+        await reset_production(s)
+        limits = dict.fromkeys(s.rate_limits)  # the limiter shares the hung Redis
+        s = make_settings(
+            "production",
+            tmp_path,
+            request,
+            with_s3=False,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            rate_limits=limits,
+        )
+        async with InProcessServer(s) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+            book_id, (a,) = await make_book(http, s, 1)
+            pa = await open_peer(srv.ws_url, book_id, a)
+            redis_proc.send_signal(signal.SIGSTOP)
+            await pa.op(id="stuck")
+            error = await pa.recv_type("error", "ack", timeout=10)
+            assert (error["type"], error["code"], error["id"]) == (
+                "error",
+                "SERVICE_UNAVAILABLE",
+                "stuck",
+            )
+            redis_proc.send_signal(signal.SIGCONT)
+            await pa.op(id="stuck")  # the client's retry goes through
+            ack = await pa.recv_type("ack", timeout=10)
+            assert ack["id"] == "stuck"
+            await pa.close()
+    finally:
+        redis_proc.send_signal(signal.SIGCONT)
+        redis_proc.terminate()
+        redis_proc.wait(10)

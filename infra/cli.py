@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     migrate.add_argument("--data-dir", default=None)
+    demo = sub.add_parser("demo", help="two phones pair and sync through a relay, end to end")
+    demo.add_argument("--server", default=None, help="use this server instead of starting one")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from client.demo import main as demo_main  # the client is not needed to serve
+
+        return demo_main(args.server)
     try:
         settings = _settings(args)
         if args.command == "migrate":

@@ -15,6 +15,7 @@ COPY infra ./infra
 COPY relay ./relay
 COPY pairing ./pairing
 COPY storage ./storage
+COPY client ./client
 # The project itself, then the installer: nothing in the runtime can fetch code.
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
  && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel

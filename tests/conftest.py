@@ -77,6 +77,21 @@ async def reset_production(settings: Settings) -> None:
         await client.flushall()
     finally:
         await client.aclose()
+    if settings.s3_bucket and settings.s3_endpoint_url:
+        empty_bucket(settings.s3_endpoint_url, settings.s3_bucket)
+
+
+def empty_bucket(endpoint_url: str, bucket: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    finally:
+        s3.close()
 
 
 def make_settings(

@@ -65,24 +65,47 @@ class Conn:
         self.out: deque[str] = deque()
         self.out_bytes = 0
         self.wake = asyncio.Event()
-        self.low = asyncio.Event()  # set after each frame goes out, and on close
+        # Made on first use: most sockets sit idle, and each of these costs memory.
+        self.low: asyncio.Event | None = None  # set after each frame goes out, and on close
         self.holding = True
         self.held: list[tuple[int, str]] = []  # (seq, line); seq 0 for non-ops
         self.held_bytes = 0
         self.last_seq = 0  # highest seq queued to this socket
         self.closed: tuple[int, str] | None = None
-        self.finished = asyncio.Event()
-        self.inflight = asyncio.Semaphore(MAX_INFLIGHT)  # ops sent to the broker, not acked
-        self.appending: set[asyncio.Task[None]] = set()
+        self.finished = False
+        self.on_finished: Callable[[], object] | None = None  # the session's reader stops
+        self.inflight: asyncio.Semaphore | None = None  # ops sent to the broker, not acked
+        self.appending: set[asyncio.Task[None]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._writer = asyncio.ensure_future(self._write_forever())
 
+    async def reserve_append(self) -> None:
+        """Wait for room among this socket's appends in flight (pipelined brokers)."""
+        if self.inflight is None:
+            self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
+            self.appending = set()
+        await self.inflight.acquire()
+
+    def appending_task(self, task: asyncio.Task[None]) -> None:
+        assert self.appending is not None
+        self.appending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self.appended)
+
     def appended(self, task: asyncio.Task[None]) -> None:
+        assert self.appending is not None and self.inflight is not None
         self.appending.discard(task)
         self.inflight.release()
+
+    def finish(self) -> None:
+        """Nothing more goes out on this socket: the session stops reading."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.on_finished is not None:
+            self.on_finished()
 
     def push(self, line: str) -> None:
         """Queue one message line; a socket that cannot keep up is cut off (1013)."""
@@ -128,6 +151,8 @@ class Conn:
     async def drained(self, below: int) -> None:
         """Wait until the queue holds less than `below` bytes (replay pacing)."""
         while self.out_bytes >= below and self.closed is None:
+            if self.low is None:
+                self.low = asyncio.Event()
             self.low.clear()
             await self.low.wait()
 
@@ -138,7 +163,8 @@ class Conn:
         self.closed = (code, reason)
         self.out.clear()
         self.out_bytes = 0
-        self.low.set()
+        if self.low is not None:
+            self.low.set()
         if self._writer is not None:
             self._writer.cancel()
         self._closer = asyncio.ensure_future(self._send_close(code, reason))
@@ -153,7 +179,7 @@ class Conn:
         except Exception:  # gone already, or never read again: nothing more to tell it
             log.debug("close not sent", extra={"code": code})
         finally:
-            self.finished.set()
+            self.finish()
 
     async def _write_forever(self) -> None:
         out = self.out
@@ -171,11 +197,12 @@ class Conn:
                     self.out_bytes -= size - len(batch) + 1
                     RELAY_DELIVERIES.inc(len(batch))
                     await self.send({"type": "websocket.send", "text": "\n".join(batch)})
-                    self.low.set()
+                    if self.low is not None:
+                        self.low.set()
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away mid-send; the reader sees the disconnect
-            self.finished.set()
+            self.finish()
 
     async def stop(self) -> None:
         for task in (self._writer, self._closer):

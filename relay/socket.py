@@ -216,10 +216,12 @@ class RelaySocket:
             await self._welcome(ws, conn)
             await self._replay(conn, since, epoch)
             reader = asyncio.ensure_future(self._read(receive, conn, arm_expiry, state))
-            finished = asyncio.ensure_future(conn.finished.wait())
-            await asyncio.wait({reader, finished}, return_when=asyncio.FIRST_COMPLETED)
-            finished.cancel()
+            if conn.finished:
+                reader.cancel()
+            conn.on_finished = reader.cancel  # closed or failed: stop reading
+            await asyncio.wait({reader})  # its outcome is looked at below
         finally:
+            conn.on_finished = None
             if state["expiry"] is not None:
                 state["expiry"].cancel()
             if reader is not None and not reader.done():
@@ -309,8 +311,9 @@ class RelaySocket:
             if text is None or len(text) > self.frame_limit:
                 conn.close(*MALFORMED) if text is None else conn.close(1009, "PAYLOAD_TOO_LARGE")
                 return
-            for line in text.split("\n"):
-                if not line.strip():
+            # One message per frame is the common case: no split, no copy.
+            for line in text.split("\n") if "\n" in text else (text,):
+                if not line or line.isspace():
                     continue
                 try:
                     msg = orjson.loads(line)
@@ -365,10 +368,8 @@ class RelaySocket:
             return
         # Don't wait for the broker's round trip before reading the next op: appends of one
         # socket queue in order (so do their seqs and acks), at most MAX_INFLIGHT at once.
-        await conn.inflight.acquire()
-        task = asyncio.ensure_future(self._append(conn, op))
-        conn.appending.add(task)  # held until done: the loop keeps only weak references
-        task.add_done_callback(conn.appended)
+        await conn.reserve_append()
+        conn.appending_task(asyncio.ensure_future(self._append(conn, op)))
 
     async def _append(self, conn: Conn, op: NewOp) -> None:
         try:

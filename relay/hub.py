@@ -41,11 +41,35 @@ def dumps(message: dict[str, Any]) -> str:
 
 
 class Conn:
-    """One socket's outgoing side: a bounded queue drained by one writer task.
+    """One socket's outgoing side: a bounded queue drained by a writer task that exists
+    only while there is something to send (idle sockets hold no task of their own).
 
     While `holding` (welcome and replay not yet sent), live traffic waits in `held` and
     goes out after the replay, ops the replay already covered skipped.
     """
+
+    __slots__ = (
+        "_closer",
+        "_writer",
+        "appending",
+        "book_ref",
+        "closed",
+        "conn_id",
+        "device_id",
+        "finished",
+        "frame_limit",
+        "held",
+        "held_bytes",
+        "holding",
+        "inflight",
+        "last_seq",
+        "low",
+        "on_finished",
+        "out",
+        "out_bytes",
+        "queue_limit",
+        "send",
+    )
 
     def __init__(
         self,
@@ -64,7 +88,6 @@ class Conn:
         self.queue_limit = queue_limit
         self.out: deque[str] = deque()
         self.out_bytes = 0
-        self.wake = asyncio.Event()
         # Made on first use: most sockets sit idle, and each of these costs memory.
         self.low: asyncio.Event | None = None  # set after each frame goes out, and on close
         self.holding = True
@@ -78,9 +101,6 @@ class Conn:
         self.appending: set[asyncio.Task[None]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._writer = asyncio.ensure_future(self._write_forever())
 
     async def reserve_append(self) -> None:
         """Wait for room among this socket's appends in flight (pipelined brokers)."""
@@ -116,7 +136,8 @@ class Conn:
         if self.out_bytes > self.queue_limit:
             self.close(*TOO_SLOW)
             return
-        self.wake.set()
+        if self._writer is None and not self.finished:
+            self._writer = asyncio.ensure_future(self._write())
 
     def push_op(self, seq: int, line: str) -> None:
         if self.holding:
@@ -181,28 +202,28 @@ class Conn:
         finally:
             self.finish()
 
-    async def _write_forever(self) -> None:
+    async def _write(self) -> None:
+        """Send what is queued, several lines to a frame, until the queue is empty."""
         out = self.out
         try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while out:
-                    batch = [out.popleft()]
-                    size = len(batch[0])
-                    while out and size + len(out[0]) + 1 <= self.frame_limit:
-                        line = out.popleft()
-                        size += len(line) + 1
-                        batch.append(line)
-                    self.out_bytes -= size - len(batch) + 1
-                    RELAY_DELIVERIES.inc(len(batch))
-                    await self.send({"type": "websocket.send", "text": "\n".join(batch)})
-                    if self.low is not None:
-                        self.low.set()
+            while out:
+                batch = [out.popleft()]
+                size = len(batch[0])
+                while out and size + len(out[0]) + 1 <= self.frame_limit:
+                    line = out.popleft()
+                    size += len(line) + 1
+                    batch.append(line)
+                self.out_bytes -= size - len(batch) + 1
+                RELAY_DELIVERIES.inc(len(batch))
+                await self.send({"type": "websocket.send", "text": "\n".join(batch)})
+                if self.low is not None:
+                    self.low.set()
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away mid-send; the reader sees the disconnect
             self.finish()
+        finally:
+            self._writer = None
 
     async def stop(self) -> None:
         for task in (self._writer, self._closer):

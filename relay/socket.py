@@ -198,7 +198,6 @@ class RelaySocket:
     ) -> None:
         infra = self.infra
         loop = asyncio.get_running_loop()
-        conn.start()
         state: dict[str, Any] = {"expiry": None, "end": None}
 
         def arm_expiry(at: int) -> None:

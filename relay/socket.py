@@ -208,29 +208,15 @@ class RelaySocket:
 
         arm_expiry(exp)
         attached = False
-        reader: asyncio.Task[None] | None = None
         try:
             await self.hub.attach(conn, infra.now())
             attached = True
             await self._welcome(ws, conn)
             await self._replay(conn, since, epoch)
-            reader = asyncio.ensure_future(self._read(receive, conn, arm_expiry, state))
-            if conn.finished:
-                reader.cancel()
-            conn.on_finished = reader.cancel  # closed or failed: stop reading
-            await asyncio.wait({reader})  # its outcome is looked at below
+            await self._read_until_finished(receive, conn, arm_expiry, state)
         finally:
-            conn.on_finished = None
             if state["expiry"] is not None:
                 state["expiry"].cancel()
-            if reader is not None and not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-            elif reader is not None and not reader.cancelled() and reader.exception():
-                log.warning(
-                    "relay socket failed", extra={"error_type": type(reader.exception()).__name__}
-                )
             if attached:
                 with contextlib.suppress(Exception):
                     await self.hub.detach(conn)
@@ -241,6 +227,36 @@ class RelaySocket:
                 if window is not None:
                     with contextlib.suppress(Exception):
                         await self.broker.refund_connect(conn.device_id, int(window.get_expiry()))
+
+    async def _read_until_finished(
+        self, receive: Receive, conn: Conn, arm_expiry: Any, state: dict[str, Any]
+    ) -> None:
+        """Read in this task (no task of its own per socket) until the peer leaves or the
+        connection finishes: closed or failed, it cancels this read, and only that
+        cancellation is absorbed here (a server stopping still cancels the session)."""
+        task = asyncio.current_task()
+        assert task is not None
+        if conn.finished:
+            return
+        asked = False
+
+        def stop_reading() -> None:
+            nonlocal asked
+            asked = True
+            task.cancel()
+
+        conn.on_finished = stop_reading
+        try:
+            await self._read(receive, conn, arm_expiry, state)
+            if asked:
+                await asyncio.sleep(0)  # take delivery of our own cancellation here
+        except asyncio.CancelledError:
+            if not asked or task.uncancel() > 0:
+                raise
+        except Exception as exc:
+            log.warning("relay socket failed", extra={"error_type": type(exc).__name__})
+        finally:
+            conn.on_finished = None
 
     async def _welcome(self, ws: WebSocket, conn: Conn) -> None:
         now = self.infra.now()

@@ -367,6 +367,8 @@ class RelaySocket:
         except ApiError as exc:
             error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
             error["id"] = ops.echo_id(msg)
+            if conn.appending:  # answers keep the order of the ops: earlier acks first
+                await asyncio.wait(set(conn.appending))
             conn.push_control(dumps(error))
 
     async def _op(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:

@@ -19,7 +19,8 @@ from infra.errors import ApiError, validation
 
 BOOK_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 DEVICE_ID = re.compile(r"[0-9a-f]{32}")
-_B64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_PADS = (b"", b"=", b"==")
 
 
 def too_large(limit: int) -> ApiError:
@@ -119,19 +120,22 @@ def base64_size(value: str) -> int | None:
     """Decoded size of canonical padded base64 (RFC 4648 s.4), or None when malformed.
 
     Checks the alphabet and padding without decoding: the relay forwards payloads as
-    received and never needs their bytes.
+    received and never needs their bytes. The alphabet check is one `bytes.translate`
+    (C speed; it runs on every op at the relay's full rate).
     """
-    raw = value.encode("ascii", "replace")
-    if len(raw) % 4 or not _B64.fullmatch(raw):
+    if not value.isascii():
+        return None
+    raw = value.encode("ascii")
+    if len(raw) % 4:
         return None
     pad = 2 if raw.endswith(b"==") else 1 if raw.endswith(b"=") else 0
+    # Deleting the alphabet must leave exactly the trailing padding: no stray symbol
+    # and no `=` anywhere else.
+    if raw.translate(None, _B64_ALPHABET) != _B64_PADS[pad]:
+        return None
     # Canonical: the unused low bits of the last symbol must be zero.
-    if pad:
-        last = raw[-pad - 1 : -pad]
-        alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-        bits = alphabet.index(last)
-        if bits & (0b1111 if pad == 2 else 0b11):
-            return None
+    if pad and _B64_ALPHABET.index(raw[-pad - 1]) & (0b1111 if pad == 2 else 0b11):
+        return None
     return len(raw) // 4 * 3 - pad
 
 

@@ -41,11 +41,35 @@ def dumps(message: dict[str, Any]) -> str:
 
 
 class Conn:
-    """One socket's outgoing side: a bounded queue drained by one writer task.
+    """One socket's outgoing side: a bounded queue drained by a writer task that exists
+    only while there is something to send (idle sockets hold no task of their own).
 
     While `holding` (welcome and replay not yet sent), live traffic waits in `held` and
     goes out after the replay, ops the replay already covered skipped.
     """
+
+    __slots__ = (
+        "_closer",
+        "_writer",
+        "appending",
+        "book_ref",
+        "closed",
+        "conn_id",
+        "device_id",
+        "finished",
+        "frame_limit",
+        "held",
+        "held_bytes",
+        "holding",
+        "inflight",
+        "last_seq",
+        "low",
+        "on_finished",
+        "out",
+        "out_bytes",
+        "queue_limit",
+        "send",
+    )
 
     def __init__(
         self,
@@ -64,25 +88,44 @@ class Conn:
         self.queue_limit = queue_limit
         self.out: deque[str] = deque()
         self.out_bytes = 0
-        self.wake = asyncio.Event()
-        self.low = asyncio.Event()  # set after each frame goes out, and on close
+        # Made on first use: most sockets sit idle, and each of these costs memory.
+        self.low: asyncio.Event | None = None  # set after each frame goes out, and on close
         self.holding = True
         self.held: list[tuple[int, str]] = []  # (seq, line); seq 0 for non-ops
         self.held_bytes = 0
         self.last_seq = 0  # highest seq queued to this socket
         self.closed: tuple[int, str] | None = None
-        self.finished = asyncio.Event()
-        self.inflight = asyncio.Semaphore(MAX_INFLIGHT)  # ops sent to the broker, not acked
-        self.appending: set[asyncio.Task[None]] = set()
+        self.finished = False
+        self.on_finished: Callable[[], object] | None = None  # the session's reader stops
+        self.inflight: asyncio.Semaphore | None = None  # ops sent to the broker, not acked
+        self.appending: set[asyncio.Task[None]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._writer = asyncio.ensure_future(self._write_forever())
+    async def reserve_append(self) -> None:
+        """Wait for room among this socket's appends in flight (pipelined brokers)."""
+        if self.inflight is None:
+            self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
+            self.appending = set()
+        await self.inflight.acquire()
+
+    def appending_task(self, task: asyncio.Task[None]) -> None:
+        assert self.appending is not None
+        self.appending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self.appended)
 
     def appended(self, task: asyncio.Task[None]) -> None:
+        assert self.appending is not None and self.inflight is not None
         self.appending.discard(task)
         self.inflight.release()
+
+    def finish(self) -> None:
+        """Nothing more goes out on this socket: the session stops reading."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.on_finished is not None:
+            self.on_finished()
 
     def push(self, line: str) -> None:
         """Queue one message line; a socket that cannot keep up is cut off (1013)."""
@@ -93,7 +136,8 @@ class Conn:
         if self.out_bytes > self.queue_limit:
             self.close(*TOO_SLOW)
             return
-        self.wake.set()
+        if self._writer is None and not self.finished:
+            self._writer = asyncio.ensure_future(self._write())
 
     def push_op(self, seq: int, line: str) -> None:
         if self.holding:
@@ -128,6 +172,8 @@ class Conn:
     async def drained(self, below: int) -> None:
         """Wait until the queue holds less than `below` bytes (replay pacing)."""
         while self.out_bytes >= below and self.closed is None:
+            if self.low is None:
+                self.low = asyncio.Event()
             self.low.clear()
             await self.low.wait()
 
@@ -138,7 +184,8 @@ class Conn:
         self.closed = (code, reason)
         self.out.clear()
         self.out_bytes = 0
-        self.low.set()
+        if self.low is not None:
+            self.low.set()
         if self._writer is not None:
             self._writer.cancel()
         self._closer = asyncio.ensure_future(self._send_close(code, reason))
@@ -153,29 +200,30 @@ class Conn:
         except Exception:  # gone already, or never read again: nothing more to tell it
             log.debug("close not sent", extra={"code": code})
         finally:
-            self.finished.set()
+            self.finish()
 
-    async def _write_forever(self) -> None:
+    async def _write(self) -> None:
+        """Send what is queued, several lines to a frame, until the queue is empty."""
         out = self.out
         try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while out:
-                    batch = [out.popleft()]
-                    size = len(batch[0])
-                    while out and size + len(out[0]) + 1 <= self.frame_limit:
-                        line = out.popleft()
-                        size += len(line) + 1
-                        batch.append(line)
-                    self.out_bytes -= size - len(batch) + 1
-                    RELAY_DELIVERIES.inc(len(batch))
-                    await self.send({"type": "websocket.send", "text": "\n".join(batch)})
+            while out:
+                batch = [out.popleft()]
+                size = len(batch[0])
+                while out and size + len(out[0]) + 1 <= self.frame_limit:
+                    line = out.popleft()
+                    size += len(line) + 1
+                    batch.append(line)
+                self.out_bytes -= size - len(batch) + 1
+                RELAY_DELIVERIES.inc(len(batch))
+                await self.send({"type": "websocket.send", "text": "\n".join(batch)})
+                if self.low is not None:
                     self.low.set()
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away mid-send; the reader sees the disconnect
-            self.finished.set()
+            self.finish()
+        finally:
+            self._writer = None
 
     async def stop(self) -> None:
         for task in (self._writer, self._closer):

@@ -45,6 +45,13 @@ ALIVE_TTL_S = 6  # an instance silent this long is dead
 PREFIX = "hp:r:"
 INSTANCES = PREFIX + "instances"
 KEEP_EXTRA_S = 24 * 3600  # backlog keys outlive their newest op by max age + a day
+# Bytes of ops this instance published and has not yet received back on its own
+# subscription may reach this share of Redis's pub/sub output-buffer limit; above it,
+# appends wait. Acks (and so reading from sockets) must not run ahead of what the
+# subscriber drains, or Redis cuts the subscription and every socket resyncs.
+BUS_SHARE = 4
+BUS_BUDGET_DEFAULT = 8 * 1024 * 1024  # a quarter of Redis's default 32 MB
+OP_HEAD = b'{"type":"crdt_operation","seq":'  # what the script puts before seq and tail
 
 
 def _k(book_ref: str, part: str) -> str:
@@ -72,6 +79,12 @@ class RedisBroker:
         self._sha: dict[str, str] = {}
         self._cmd = CommandConnection(url)
         self._tasks: list[asyncio.Task[None]] = []
+        self._origin_prefix = self.instance + "."  # our sockets' connection ids
+        self._unreceived: dict[str, int] = {}  # book_ref -> bytes of our ops on the bus
+        self._unreceived_total = 0
+        self._budget = BUS_BUDGET_DEFAULT
+        self._room = asyncio.Event()
+        self._room.set()
 
     # Lifecycle.
     async def start(self, sink: Sink) -> None:
@@ -106,6 +119,24 @@ class RedisBroker:
             self._sha[name] = await self._r.script_load(text)
         info = await self._r.info("server")
         self._run_id = str(info.get("run_id", ""))
+        self._budget = await self._bus_budget()
+
+    async def _bus_budget(self) -> int:
+        """A share of the smallest pub/sub output-buffer limit Redis enforces."""
+        try:
+            config = await self._r.config_get("client-output-buffer-limit")
+        except Exception:  # CONFIG renamed or refused (managed Redis): assume the default
+            return BUS_BUDGET_DEFAULT
+        raw = next(iter(config.values()), "") if config else ""
+        words = (raw.decode() if isinstance(raw, bytes) else str(raw)).split()
+        if "pubsub" not in words:
+            return BUS_BUDGET_DEFAULT
+        at = words.index("pubsub")
+        try:
+            limits = [int(w) for w in words[at + 1 : at + 3] if int(w) > 0]
+        except ValueError:
+            return BUS_BUDGET_DEFAULT
+        return min(limits) // BUS_SHARE if limits else BUS_BUDGET_DEFAULT
 
     # The bus.
     def _on_message(self, chan: bytes, data: bytes) -> None:
@@ -116,11 +147,46 @@ class RedisBroker:
         if data[:1] == b"o":
             cut = data.index(b"\n")
             origin, seq = data[1:cut].split(b" ", 1)
-            sink.on_op(book_ref, origin.decode(), int(seq), data[cut + 1 :].decode())
+            origin_id = origin.decode()
+            if origin_id.startswith(self._origin_prefix):
+                self._received(book_ref, len(data) - cut - 1 - len(OP_HEAD) - len(seq))
+            sink.on_op(book_ref, origin_id, int(seq), data[cut + 1 :].decode())
         elif data[:1] == b"c":
             sink.on_control(book_ref, orjson.loads(data[1:]))
 
+    # Backpressure: our own ops in flight on the bus, per book (a book we stop listening
+    # to, or a lost subscription, forgets its count: those ops will never come back).
+    async def _reserve(self, book_ref: str, size: int) -> None:
+        while self._unreceived_total >= self._budget:
+            self._room.clear()
+            await self._room.wait()
+        self._unreceived[book_ref] = self._unreceived.get(book_ref, 0) + size
+        self._unreceived_total += size
+
+    def _received(self, book_ref: str, size: int) -> None:
+        held = self._unreceived.get(book_ref, 0)
+        size = min(held, size)
+        if size <= 0:
+            return
+        if held == size:
+            del self._unreceived[book_ref]
+        else:
+            self._unreceived[book_ref] = held - size
+        self._unreceived_total -= size
+        if self._unreceived_total < self._budget // 2:
+            self._room.set()
+
+    def _forget(self, book_ref: str | None) -> None:
+        if book_ref is None:
+            self._unreceived.clear()
+            self._unreceived_total = 0
+        else:
+            self._unreceived_total -= self._unreceived.pop(book_ref, 0)
+        if self._unreceived_total < self._budget // 2:
+            self._room.set()
+
     def _on_lost(self) -> None:
+        self._forget(None)
         if self._sink is not None:
             self._sink.on_bus_lost()
 
@@ -135,6 +201,7 @@ class RedisBroker:
     async def unlisten(self, book_ref: str) -> None:
         assert self._sub is not None
         await self._sub.unsubscribe(channel(book_ref).encode())
+        self._forget(book_ref)
         await self._r.srem(PREFIX + "books:" + self.instance, book_ref)
 
     # Backlog.
@@ -152,15 +219,32 @@ class RedisBroker:
             _k(book_ref, f"i:{op.device_id}:{day}"),
             _k(book_ref, f"i:{op.device_id}:{day - 1}"),
         ]
+        tail = op_tail(op.payload, op.timestamp, op.device_id, op.now)
         args = [
             *self._base_args(op.now),
             op.client_id or "",
-            op_tail(op.payload, op.timestamp, op.device_id, op.now),
+            tail,
             op.origin,
             channel(book_ref),
             2 * IDEMPOTENCY_TTL_S,
         ]
-        duplicate, seq, relay_ts = await self._script("append", keys, args)
+        # Only our sockets' ops on a book we listen to come back to us to be counted.
+        counted = (
+            self._sub is not None
+            and op.origin.startswith(self._origin_prefix)
+            and channel(book_ref).encode() in self._sub.channels
+        )
+        size = len(tail)  # the payload is ASCII: characters are bytes
+        if counted:
+            await self._reserve(book_ref, size)
+        try:
+            duplicate, seq, relay_ts = await self._script("append", keys, args)
+        except BaseException:
+            if counted:  # most likely never published; never block on it
+                self._received(book_ref, size)
+            raise
+        if duplicate and counted:
+            self._received(book_ref, size)  # a retry: nothing published
         return Appended(int(seq), int(relay_ts), bool(duplicate))
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:

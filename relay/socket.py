@@ -198,7 +198,6 @@ class RelaySocket:
     ) -> None:
         infra = self.infra
         loop = asyncio.get_running_loop()
-        conn.start()
         state: dict[str, Any] = {"expiry": None, "end": None}
 
         def arm_expiry(at: int) -> None:
@@ -209,27 +208,15 @@ class RelaySocket:
 
         arm_expiry(exp)
         attached = False
-        reader: asyncio.Task[None] | None = None
         try:
             await self.hub.attach(conn, infra.now())
             attached = True
             await self._welcome(ws, conn)
             await self._replay(conn, since, epoch)
-            reader = asyncio.ensure_future(self._read(receive, conn, arm_expiry, state))
-            finished = asyncio.ensure_future(conn.finished.wait())
-            await asyncio.wait({reader, finished}, return_when=asyncio.FIRST_COMPLETED)
-            finished.cancel()
+            await self._read_until_finished(receive, conn, arm_expiry, state)
         finally:
             if state["expiry"] is not None:
                 state["expiry"].cancel()
-            if reader is not None and not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-            elif reader is not None and not reader.cancelled() and reader.exception():
-                log.warning(
-                    "relay socket failed", extra={"error_type": type(reader.exception()).__name__}
-                )
             if attached:
                 with contextlib.suppress(Exception):
                     await self.hub.detach(conn)
@@ -240,6 +227,36 @@ class RelaySocket:
                 if window is not None:
                     with contextlib.suppress(Exception):
                         await self.broker.refund_connect(conn.device_id, int(window.get_expiry()))
+
+    async def _read_until_finished(
+        self, receive: Receive, conn: Conn, arm_expiry: Any, state: dict[str, Any]
+    ) -> None:
+        """Read in this task (no task of its own per socket) until the peer leaves or the
+        connection finishes: closed or failed, it cancels this read, and only that
+        cancellation is absorbed here (a server stopping still cancels the session)."""
+        task = asyncio.current_task()
+        assert task is not None
+        if conn.finished:
+            return
+        asked = False
+
+        def stop_reading() -> None:
+            nonlocal asked
+            asked = True
+            task.cancel()
+
+        conn.on_finished = stop_reading
+        try:
+            await self._read(receive, conn, arm_expiry, state)
+            if asked:
+                await asyncio.sleep(0)  # take delivery of our own cancellation here
+        except asyncio.CancelledError:
+            if not asked or task.uncancel() > 0:
+                raise
+        except Exception as exc:
+            log.warning("relay socket failed", extra={"error_type": type(exc).__name__})
+        finally:
+            conn.on_finished = None
 
     async def _welcome(self, ws: WebSocket, conn: Conn) -> None:
         now = self.infra.now()
@@ -309,8 +326,9 @@ class RelaySocket:
             if text is None or len(text) > self.frame_limit:
                 conn.close(*MALFORMED) if text is None else conn.close(1009, "PAYLOAD_TOO_LARGE")
                 return
-            for line in text.split("\n"):
-                if not line.strip():
+            # One message per frame is the common case: no split, no copy.
+            for line in text.split("\n") if "\n" in text else (text,):
+                if not line or line.isspace():
                     continue
                 try:
                     msg = orjson.loads(line)
@@ -349,6 +367,8 @@ class RelaySocket:
         except ApiError as exc:
             error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
             error["id"] = ops.echo_id(msg)
+            if conn.appending:  # answers keep the order of the ops: earlier acks first
+                await asyncio.wait(set(conn.appending))
             conn.push_control(dumps(error))
 
     async def _op(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:
@@ -365,10 +385,8 @@ class RelaySocket:
             return
         # Don't wait for the broker's round trip before reading the next op: appends of one
         # socket queue in order (so do their seqs and acks), at most MAX_INFLIGHT at once.
-        await conn.inflight.acquire()
-        task = asyncio.ensure_future(self._append(conn, op))
-        conn.appending.add(task)  # held until done: the loop keeps only weak references
-        task.add_done_callback(conn.appended)
+        await conn.reserve_append()
+        conn.appending_task(asyncio.ensure_future(self._append(conn, op)))
 
     async def _append(self, conn: Conn, op: NewOp) -> None:
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from infra import tokens
 from infra.clock import Clock
 from infra.errors import ApiError, forbidden, invalid_token
-from infra.ids import IdHasher
+from infra.ids import IdHasher, device_id_of
 from infra.members import MEMBER, PENDING, Device, Members
 from infra.validate import BOOK_ID, DEVICE_ID
 
@@ -54,8 +54,6 @@ class Authenticator:
         """`POST /devices`: the token must be signed by the key in the body (possession)."""
         token = tokens.bearer(authorization)
         claims = tokens.read_unverified(token)
-        from infra.ids import device_id_of
-
         if claims.sub != device_id_of(public_key):
             raise invalid_token("invalid")
         return tokens.verify(token, public_key, self.clock.now(), self.max_lifetime_s)

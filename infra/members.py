@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from infra.clock import rfc3339
 from infra.db import Database, Queries, Row
 from infra.errors import ApiError
 
@@ -212,8 +213,6 @@ class Members:
 
 
 def public_device(device: Device, current_id: str, online: set[str]) -> dict[str, Any]:
-    from infra.clock import rfc3339
-
     return {
         "device_id": device.device_id,
         "public_key": device.public_key,

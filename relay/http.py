@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from infra import openapi as doc
+from infra.clock import rfc3339
 from infra.context import Infra, count_call, enforce
 from infra.envelope import ok
 from infra.errors import ApiError
@@ -91,7 +92,8 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
             "epoch": head.epoch,
             "latest_seq": head.latest_seq,
             "ops_total": ops_total,
-            "last_op_at": last_op_at,
+            # `_at` times are RFC 3339 strings (SPEC 1), like created_at and last_active_at.
+            "last_op_at": rfc3339(last_op_at) if last_op_at is not None else None,
             "devices_total": len(members),
             "devices_online": len(online),
             "backlog": {
@@ -188,7 +190,7 @@ OPENAPI: dict[str, dict[str, Any]] = {
                 epoch=doc.string(),
                 latest_seq=doc.INTEGER,
                 ops_total=doc.INTEGER,
-                last_op_at=doc.nullable(doc.INTEGER),
+                last_op_at=doc.nullable(doc.string("date-time")),
                 devices_total=doc.INTEGER,
                 devices_online=doc.INTEGER,
                 backlog=doc.obj(

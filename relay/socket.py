@@ -83,6 +83,7 @@ from starlette.websockets import WebSocket
 
 from infra.context import Infra, count_call, record_refusal
 from infra.errors import ApiError, invalid_token
+from infra.metrics import RELAY_SYNC_GAPS
 from infra.validate import BOOK_ID
 from relay import ops
 from relay.broker import Broker, NewOp
@@ -292,8 +293,6 @@ class RelaySocket:
             head = history.head
             latest = head.latest_seq
             if history.gap:
-                from infra.metrics import RELAY_SYNC_GAPS
-
                 RELAY_SYNC_GAPS.inc()
                 gap = {
                     "type": "sync_gap",

@@ -4,6 +4,7 @@ sockets against the real app under uvicorn."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -332,6 +333,7 @@ async def test_http_send_ops_and_sync_status(
     assert data_["latest_seq"] == 5 and data_["ops_total"] == 5 and data_["epoch"] == epoch
     assert data_["devices_total"] == 2 and data_["devices_online"] == 1
     assert data_["backlog"]["retained_ops"] == 5 and data_["snapshot"] is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data_["last_op_at"])
     await pb.close()
 
 

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from infra import devices_api, openapi
 from infra.clock import Clock
@@ -41,6 +42,30 @@ def default_capabilities() -> list[Builder]:
             continue
         builders.append(imported.build)
     return builders
+
+
+class App(Starlette):
+    """Starlette, with the long-lived sockets dispatched straight from the entry point.
+
+    A socket's session awaits for as long as the connection lives, and every frame it
+    was dispatched through (the middleware, the router) stays alive with it: about half
+    a kilobyte each, per idle connection. None of them acts on a WebSocket (the edge
+    middleware is HTTP-only; the socket apps answer their own errors), so sockets skip
+    them. Everything else goes the usual way.
+    """
+
+    sockets: Sequence[WebSocketRoute] = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            for route in self.sockets:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope["app"] = self
+                    scope.update(child)
+                    await route.app(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -92,6 +117,8 @@ def create_app(
     ]
     for cap in built:
         routes.extend(cap.routes)
+    sockets = [route for cap in built for route in cap.sockets]
+    routes.extend(sockets)  # listed with the rest; matched first by App
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -130,7 +157,7 @@ def create_app(
             err = ApiError("VALIDATION_ERROR", "The request was malformed.")
         return error_response(request, err)
 
-    app = Starlette(
+    app = App(
         routes=routes,
         lifespan=lifespan,
         middleware=[
@@ -142,5 +169,6 @@ def create_app(
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error},
     )
+    app.sockets = sockets
     app.state.infra = infra
     return app

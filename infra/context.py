@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import HTTPConnection
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from infra.audit import Audit, Origin
 from infra.auth import Authenticator
@@ -51,6 +51,8 @@ class Capability:
     start: Callable[[], Awaitable[None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None
     ready_checks: dict[str, Check] = field(default_factory=dict)
+    # Long-lived sockets, served from the app's entry point (see infra.app.App).
+    sockets: Sequence[WebSocketRoute] = ()
 
 
 class Infra:

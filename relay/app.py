@@ -45,13 +45,12 @@ def build(infra: Infra) -> Capability:
             await records.flush()
         await broker.stop()
 
-    routes: list[BaseRoute] = [
-        WebSocketRoute("/ws/relay/{book_id}", RelaySocket(infra, hub, broker, records)),
-        *http.routes(infra, broker, hub, records),
-    ]
+    routes: list[BaseRoute] = [*http.routes(infra, broker, hub, records)]
+    socket = WebSocketRoute("/ws/relay/{book_id}", RelaySocket(infra, hub, broker, records))
     return Capability(
         "relay",
         routes,
+        sockets=[socket],
         openapi_paths=http.OPENAPI,
         start=start,
         stop=stop,

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -40,6 +39,21 @@ def dumps(message: dict[str, Any]) -> str:
     return orjson.dumps(message).decode()
 
 
+def frames(lines: list[str], limit: int) -> Iterator[tuple[str, int, int]]:
+    """(text, lines in it, their length) per frame: lines joined by `\\n`, each frame at
+    most `limit` characters unless one line alone is longer."""
+    start = 0
+    while start < len(lines):
+        end, size = start + 1, len(lines[start])
+        while end < len(lines) and size + len(lines[end]) + 1 <= limit:
+            size += len(lines[end]) + 1
+            end += 1
+        count = end - start
+        text = lines[start] if count == 1 else "\n".join(lines[start:end])
+        yield text, count, size - count + 1
+        start = end
+
+
 class Conn:
     """One socket's outgoing side: a bounded queue drained by a writer task that exists
     only while there is something to send (idle sockets hold no task of their own).
@@ -56,6 +70,7 @@ class Conn:
         "closed",
         "conn_id",
         "device_id",
+        "expiry",
         "finished",
         "frame_limit",
         "held",
@@ -64,10 +79,10 @@ class Conn:
         "inflight",
         "last_seq",
         "low",
-        "on_finished",
         "out",
         "out_bytes",
         "queue_limit",
+        "reader",
         "send",
     )
 
@@ -86,7 +101,7 @@ class Conn:
         self.book_ref = book_ref
         self.frame_limit = frame_limit
         self.queue_limit = queue_limit
-        self.out: deque[str] = deque()
+        self.out: list[str] = []  # lines not yet handed to the writer
         self.out_bytes = 0
         # Made on first use: most sockets sit idle, and each of these costs memory.
         self.low: asyncio.Event | None = None  # set after each frame goes out, and on close
@@ -96,7 +111,8 @@ class Conn:
         self.last_seq = 0  # highest seq queued to this socket
         self.closed: tuple[int, str] | None = None
         self.finished = False
-        self.on_finished: Callable[[], object] | None = None  # the session's reader stops
+        self.reader: asyncio.Task[Any] | None = None  # the session reading; stops at finish
+        self.expiry: asyncio.TimerHandle | None = None  # closes with 4401 at token expiry
         self.inflight: asyncio.Semaphore | None = None  # ops sent to the broker, not acked
         self.appending: set[asyncio.Task[None]] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -124,8 +140,9 @@ class Conn:
         if self.finished:
             return
         self.finished = True
-        if self.on_finished is not None:
-            self.on_finished()
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.cancel()
 
     def push(self, line: str) -> None:
         """Queue one message line; a socket that cannot keep up is cut off (1013)."""
@@ -204,20 +221,15 @@ class Conn:
 
     async def _write(self) -> None:
         """Send what is queued, several lines to a frame, until the queue is empty."""
-        out = self.out
         try:
-            while out:
-                batch = [out.popleft()]
-                size = len(batch[0])
-                while out and size + len(out[0]) + 1 <= self.frame_limit:
-                    line = out.popleft()
-                    size += len(line) + 1
-                    batch.append(line)
-                self.out_bytes -= size - len(batch) + 1
-                RELAY_DELIVERIES.inc(len(batch))
-                await self.send({"type": "websocket.send", "text": "\n".join(batch)})
-                if self.low is not None:
-                    self.low.set()
+            while self.out:
+                lines, self.out = self.out, []
+                for text, count, size in frames(lines, self.frame_limit):
+                    self.out_bytes -= size
+                    RELAY_DELIVERIES.inc(count)
+                    await self.send({"type": "websocket.send", "text": text})
+                    if self.low is not None:
+                        self.low.set()
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away mid-send; the reader sees the disconnect

@@ -124,11 +124,20 @@ class RelaySocket:
         self.queue_limit = max(256 * 1024, 4 * self.frame_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admitted = await self._handshake(scope, receive, send)
+        if admitted is not None:
+            await self._session(receive, *admitted)
+
+    async def _handshake(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Conn, str, int, int | None, str | None] | None:
+        """Accept (or refuse) the upgrade. Its own coroutine, so the request objects it
+        needs are gone once the session starts: an idle socket holds only its Conn."""
         ws = WebSocket(scope, receive, send)
         origin = ws.headers.get("origin")
         if origin is not None and origin not in self.infra.settings.allowed_origins:
             await ws.close()  # before accept: HTTP 403
-            return
+            return None
         offered = list(scope.get("subprotocols") or [])
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
         try:
@@ -136,12 +145,12 @@ class RelaySocket:
         except Refused as refused:
             await ws.accept(subprotocol)
             await ws.close(refused.code, refused.reason)
-            return
+            return None
         await ws.accept(subprotocol)
         conn = Conn(
             send, self.hub.new_conn_id(), device_id, book_ref, self.frame_limit, self.queue_limit
         )
-        await self._session(ws, receive, conn, exp, since, epoch)
+        return conn, ws.path_params["book_id"], exp, since, epoch
 
     async def _admit(
         self, ws: WebSocket, offered: list[str]
@@ -190,38 +199,31 @@ class RelaySocket:
 
     async def _session(
         self,
-        ws: WebSocket,
         receive: Receive,
         conn: Conn,
+        book_id: str,
         exp: int,
         since: int | None,
         epoch: str | None,
     ) -> None:
         infra = self.infra
-        loop = asyncio.get_running_loop()
-        state: dict[str, Any] = {"expiry": None, "end": None}
-
-        def arm_expiry(at: int) -> None:
-            if state["expiry"] is not None:
-                state["expiry"].cancel()
-            delay = max(0.0, at - infra.clock.now())
-            state["expiry"] = loop.call_later(delay, conn.close, *TOKEN_EXPIRED)
-
-        arm_expiry(exp)
+        self._arm_expiry(conn, exp)
         attached = False
+        end: int | None = None
         try:
             await self.hub.attach(conn, infra.now())
             attached = True
-            await self._welcome(ws, conn)
+            await self._welcome(conn, book_id)
             await self._replay(conn, since, epoch)
-            await self._read_until_finished(receive, conn, arm_expiry, state)
+            end = await self._read_until_finished(receive, conn)
         finally:
-            if state["expiry"] is not None:
-                state["expiry"].cancel()
+            if conn.expiry is not None:
+                conn.expiry.cancel()
             if attached:
                 with contextlib.suppress(Exception):
                     await self.hub.detach(conn)
-            end = conn.closed[0] if conn.closed else state["end"]
+            if conn.closed:
+                end = conn.closed[0]
             await conn.stop()
             if end in REFUNDED_CLOSES:
                 window = infra.limiter.item("RATE_LIMIT_WS_CONNECT")
@@ -229,37 +231,38 @@ class RelaySocket:
                     with contextlib.suppress(Exception):
                         await self.broker.refund_connect(conn.device_id, int(window.get_expiry()))
 
-    async def _read_until_finished(
-        self, receive: Receive, conn: Conn, arm_expiry: Any, state: dict[str, Any]
-    ) -> None:
-        """Read in this task (no task of its own per socket) until the peer leaves or the
-        connection finishes: closed or failed, it cancels this read, and only that
-        cancellation is absorbed here (a server stopping still cancels the session)."""
+    def _arm_expiry(self, conn: Conn, at: int) -> None:
+        """Close with 4401 when the token expires (a fresh `auth` re-arms it)."""
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        delay = max(0.0, at - self.infra.clock.now())
+        conn.expiry = asyncio.get_running_loop().call_later(delay, conn.close, *TOKEN_EXPIRED)
+
+    async def _read_until_finished(self, receive: Receive, conn: Conn) -> int | None:
+        """Read in this task (no task of its own per socket) until the peer leaves, with
+        its close code, or the connection finishes: closed or failed, `Conn.finish`
+        cancels this read, and only that cancellation is absorbed here (a server stopping
+        still cancels the session)."""
         task = asyncio.current_task()
         assert task is not None
         if conn.finished:
-            return
-        asked = False
-
-        def stop_reading() -> None:
-            nonlocal asked
-            asked = True
-            task.cancel()
-
-        conn.on_finished = stop_reading
+            return None
+        conn.reader = task
         try:
-            await self._read(receive, conn, arm_expiry, state)
-            if asked:
-                await asyncio.sleep(0)  # take delivery of our own cancellation here
+            end = await self._read(receive, conn)
+            if conn.reader is None:  # finished meanwhile: take delivery of its cancel here
+                await asyncio.sleep(0)
+            return end
         except asyncio.CancelledError:
-            if not asked or task.uncancel() > 0:
+            if conn.reader is not None or task.uncancel() > 0:
                 raise
         except Exception as exc:
             log.warning("relay socket failed", extra={"error_type": type(exc).__name__})
         finally:
-            conn.on_finished = None
+            conn.reader = None
+        return None
 
-    async def _welcome(self, ws: WebSocket, conn: Conn) -> None:
+    async def _welcome(self, conn: Conn, book_id: str) -> None:
         now = self.infra.now()
         head = await self.broker.head(conn.book_ref, now)
         online = await self.broker.online(conn.book_ref)
@@ -269,7 +272,7 @@ class RelaySocket:
                 {
                     "type": "welcome",
                     "device_id": conn.device_id,
-                    "book_id": ws.path_params["book_id"],
+                    "book_id": book_id,
                     "epoch": head.epoch,
                     "latest_seq": head.latest_seq,
                     "online": sorted(online),
@@ -312,19 +315,20 @@ class RelaySocket:
         conn.push(dumps({"type": "sync_complete", "latest_seq": latest}))
         conn.release()
 
-    async def _read(
-        self, receive: Receive, conn: Conn, arm_expiry: Any, state: dict[str, Any]
-    ) -> None:
-        budget = OpBudget(self.infra.limiter, conn.device_id)
+    async def _read(self, receive: Receive, conn: Conn) -> int | None:
+        """Handle the peer's frames until it leaves (its close code) or the socket closes."""
+        budget: OpBudget | None = None
         while conn.closed is None:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                state["end"] = message.get("code")
-                return
+                code: int | None = message.get("code")
+                return code
             text = message.get("text")
             if text is None or len(text) > self.frame_limit:
                 conn.close(*MALFORMED) if text is None else conn.close(1009, "PAYLOAD_TOO_LARGE")
-                return
+                return None
+            if budget is None:  # made on the first message: idle sockets never need one
+                budget = OpBudget(self.infra.limiter, conn.device_id)
             # One message per frame is the common case: no split, no copy.
             for line in text.split("\n") if "\n" in text else (text,):
                 if not line or line.isspace():
@@ -335,14 +339,13 @@ class RelaySocket:
                     msg = None
                 if not isinstance(msg, dict):
                     conn.close(*MALFORMED)
-                    return
-                await self._handle(msg, conn, budget, arm_expiry)
+                    return None
+                await self._handle(msg, conn, budget)
                 if conn.closed is not None:
-                    return
+                    return None
+        return None
 
-    async def _handle(
-        self, msg: dict[str, Any], conn: Conn, budget: OpBudget, arm_expiry: Any
-    ) -> None:
+    async def _handle(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:
         kind = msg.get("type")
         try:
             if kind == "crdt_operation":
@@ -356,7 +359,7 @@ class RelaySocket:
                     raise ApiError("VALIDATION_ERROR", "epoch: must be a string")
                 await self._replay(conn, since, epoch)
             elif kind == "auth":
-                await self._reauth(msg, conn, arm_expiry)
+                await self._reauth(msg, conn)
             elif kind == "ping":
                 conn.push_control(dumps({"type": "pong", "timestamp": msg.get("timestamp")}))
             elif kind == "pong":
@@ -411,7 +414,7 @@ class RelaySocket:
         }
         conn.push_control(dumps(ack))
 
-    async def _reauth(self, msg: dict[str, Any], conn: Conn, arm_expiry: Any) -> None:
+    async def _reauth(self, msg: dict[str, Any], conn: Conn) -> None:
         token = msg.get("token")
         try:
             if not isinstance(token, str):
@@ -425,7 +428,7 @@ class RelaySocket:
         except ApiError:
             conn.close(*TOKEN_EXPIRED)
             return
-        arm_expiry(caller.claims.exp)
+        self._arm_expiry(conn, caller.claims.exp)
 
 
 __all__ = ["TOO_SLOW", "RelaySocket", "frame_limit"]

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, cast
 
 import orjson
 
@@ -23,6 +23,7 @@ from relay.broker import Broker
 log = logging.getLogger("homepocket.relay")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Sending = Coroutine[Any, Any, None]
 CLOSE_SEND_TIMEOUT_S = 5.0
 MAX_INFLIGHT = 32
 
@@ -39,9 +40,15 @@ def dumps(message: dict[str, Any]) -> str:
     return orjson.dumps(message).decode()
 
 
-def frames(lines: list[str], limit: int) -> Iterator[tuple[str, int, int]]:
-    """(text, lines in it, their length) per frame: lines joined by `\\n`, each frame at
-    most `limit` characters unless one line alone is longer."""
+Frame = tuple[str, int, int]  # text, lines in it, their length without separators
+
+
+def frames(lines: list[str], limit: int) -> list[Frame]:
+    """Lines joined by `\\n` into frames of at most `limit` characters (a longer line
+    goes alone)."""
+    if len(lines) == 1:
+        return [(lines[0], 1, len(lines[0]))]
+    out: list[Frame] = []
     start = 0
     while start < len(lines):
         end, size = start + 1, len(lines[start])
@@ -49,9 +56,30 @@ def frames(lines: list[str], limit: int) -> Iterator[tuple[str, int, int]]:
             size += len(lines[end]) + 1
             end += 1
         count = end - start
-        text = lines[start] if count == 1 else "\n".join(lines[start:end])
-        yield text, count, size - count + 1
+        out.append(("\n".join(lines[start:end]), count, size - count + 1))
         start = end
+    return out
+
+
+class Resumed:
+    """Awaiting this finishes a coroutine that was started outside any task and
+    suspended: what it waits on is handed to the awaiting task, which then drives it on
+    exactly as if it had run it from the start."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Sending, waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        waiting = self.waiting
+        while True:
+            yield waiting
+            try:
+                waiting = self.coro.send(None)
+            except StopIteration:
+                return
 
 
 class Conn:
@@ -72,6 +100,7 @@ class Conn:
         "device_id",
         "expiry",
         "finished",
+        "flush_due",
         "frame_limit",
         "held",
         "held_bytes",
@@ -103,6 +132,7 @@ class Conn:
         self.queue_limit = queue_limit
         self.out: list[str] = []  # lines not yet handed to the writer
         self.out_bytes = 0
+        self.flush_due = False  # a flush is scheduled for this loop turn
         # Made on first use: most sockets sit idle, and each of these costs memory.
         self.low: asyncio.Event | None = None  # set after each frame goes out, and on close
         self.holding = True
@@ -140,6 +170,8 @@ class Conn:
         if self.finished:
             return
         self.finished = True
+        if self.low is not None:  # a replay waiting for room stops waiting
+            self.low.set()
         reader, self.reader = self.reader, None
         if reader is not None:
             reader.cancel()
@@ -153,8 +185,9 @@ class Conn:
         if self.out_bytes > self.queue_limit:
             self.close(*TOO_SLOW)
             return
-        if self._writer is None and not self.finished:
-            self._writer = asyncio.ensure_future(self._write())
+        if not self.flush_due and self._writer is None and not self.finished:
+            self.flush_due = True  # once per loop turn: what queues meanwhile shares frames
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def push_op(self, seq: int, line: str) -> None:
         if self.holding:
@@ -188,7 +221,7 @@ class Conn:
 
     async def drained(self, below: int) -> None:
         """Wait until the queue holds less than `below` bytes (replay pacing)."""
-        while self.out_bytes >= below and self.closed is None:
+        while self.out_bytes >= below and self.closed is None and not self.finished:
             if self.low is None:
                 self.low = asyncio.Event()
             self.low.clear()
@@ -219,22 +252,59 @@ class Conn:
         finally:
             self.finish()
 
-    async def _write(self) -> None:
-        """Send what is queued, several lines to a frame, until the queue is empty."""
+    def _flush(self) -> None:
+        """Send what is queued, several lines to a frame, without a task.
+
+        uvicorn's send completes without suspending unless the transport has asked it to
+        wait (the peer reads slowly): so each send is run inline, and only one that does
+        wait is finished, with what follows it, by a writer task. A task per flush cost
+        more than the send itself at saturation.
+        """
+        self.flush_due = False
+        if self._writer is not None or self.closed is not None or self.finished:
+            return
+        while self.out:
+            lines, self.out = self.out, []
+            texts = frames(lines, self.frame_limit)
+            for at, (text, count, size) in enumerate(texts):
+                self.out_bytes -= size
+                RELAY_DELIVERIES.inc(count)
+                # An ASGI server's send is a coroutine function.
+                sending = cast(Sending, self.send({"type": "websocket.send", "text": text}))
+                try:
+                    waiting = sending.send(None)
+                except StopIteration:
+                    continue
+                except Exception:  # the peer went away mid-send; the reader sees it
+                    self.finish()
+                    return
+                self._writer = asyncio.ensure_future(self._write(sending, waiting, texts[at + 1 :]))
+                return
+        if self.low is not None:
+            self.low.set()
+
+    async def _write(self, sending: Sending, waiting: Any, texts: list[Frame]) -> None:
+        """Finish a send that had to wait, then send the rest in this task until the
+        queue is empty."""
         try:
-            while self.out:
-                lines, self.out = self.out, []
-                for text, count, size in frames(lines, self.frame_limit):
+            await Resumed(sending, waiting)
+            if self.low is not None:
+                self.low.set()
+            while texts:
+                for text, count, size in texts:
                     self.out_bytes -= size
                     RELAY_DELIVERIES.inc(count)
                     await self.send({"type": "websocket.send", "text": text})
                     if self.low is not None:
                         self.low.set()
+                lines, self.out = self.out, []
+                texts = frames(lines, self.frame_limit)
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away mid-send; the reader sees the disconnect
             self.finish()
         finally:
+            sending.close()
             self._writer = None
 
     async def stop(self) -> None:

@@ -291,7 +291,7 @@ class RelaySocket:
             conn.release()
             return
         latest = 0
-        while conn.closed is None:
+        while conn.closed is None and not conn.finished:
             history = await self.broker.history(conn.book_ref, since, epoch, REPLAY_PAGE)
             head = history.head
             latest = head.latest_seq

@@ -290,13 +290,15 @@ class Conn:
             await Resumed(sending, waiting)
             if self.low is not None:
                 self.low.set()
-            while texts:
+            while True:
                 for text, count, size in texts:
                     self.out_bytes -= size
                     RELAY_DELIVERIES.inc(count)
                     await self.send({"type": "websocket.send", "text": text})
                     if self.low is not None:
                         self.low.set()
+                if not self.out:
+                    break
                 lines, self.out = self.out, []
                 texts = frames(lines, self.frame_limit)
         except asyncio.CancelledError:

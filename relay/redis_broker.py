@@ -285,13 +285,13 @@ class RedisBroker:
             return
         self._batch = []
         self._batch_bytes = 0
-        books: dict[str, list[_Entry]] = {}
-        for entry in batch:
+        books: dict[str, list[int]] = {}  # book -> its entries' places in the batch
+        for i, entry in enumerate(batch):
             group = books.get(entry[0])
             if group is None:
-                books[entry[0]] = [entry]
+                books[entry[0]] = [i]
             else:
-                group.append(entry)
+                group.append(i)
         lim = self._limits
         day = self._batch_day
         keys: list[Arg] = []
@@ -307,40 +307,46 @@ class RedisBroker:
             len(books),
         ]
         first_id_key = 3 * len(books) + 1
-        ordered: list[_Entry] = []
-        for book_ref, entries in books.items():
+        order: list[int] = []  # the batch's places in the script's (book by book) order
+        for book_ref, places in books.items():
             prefix = PREFIX + book_ref + ":"
             keys += (prefix + "m", prefix + "l", prefix + "t")
-            args += (new_epoch(), prefix + "c", len(entries))
+            args += (new_epoch(), prefix + "c", len(places))
             at: dict[str, int] = {}  # device -> index of its id keys
-            for _, op, tail, _, _ in entries:
+            for place in places:
+                _, op, tail, _, _ = batch[place]
                 k = at.get(op.device_id)
                 if k is None:
                     k = at[op.device_id] = first_id_key + len(id_keys)
                     id_of = f"{prefix}i:{op.device_id}:"
                     id_keys += (id_of + str(day), id_of + str(day - 1))
                 args += (op.client_id or "", tail, op.origin, op.now, k)
-            ordered += entries
+            order += places
+        where = [0] * len(batch)  # the reply's place of each entry
+        for at_reply, place in enumerate(order):
+            where[place] = 2 * at_reply
         rest = (len(keys) + len(id_keys), *keys, *id_keys, *args)
         command = pack(b"EVALSHA", self._sha["append"], *rest)
-        self._cmd.send(command, partial(self._answer, ordered, rest))
+        self._cmd.send(command, partial(self._answer, batch, where, rest))
 
-    def _answer(self, ordered: list[_Entry], rest: tuple[Arg, ...] | None, reply: Any) -> None:
+    def _answer(
+        self, batch: list[_Entry], where: list[int], rest: tuple[Arg, ...] | None, reply: Any
+    ) -> None:
         """The batch's reply: each op answered, in the order queued."""
         if isinstance(reply, ReplyError) and rest is not None and str(reply).startswith("NOSCRIPT"):
             # Redis restarted or its scripts were flushed: the body loads it again. Later
             # batches already sent fail the same way and are sent again after this one.
             command = pack(b"EVAL", APPEND_BATCH, *rest)
-            self._cmd.send(command, partial(self._answer, ordered, None))
+            self._cmd.send(command, partial(self._answer, batch, where, None))
             return
         failed = isinstance(reply, Exception)
-        for i, (book_ref, _, _, done, held) in enumerate(ordered):
+        for (book_ref, _, _, done, held), at in zip(batch, where, strict=True):
             result: Appended | Exception
             if failed:
                 result = reply
                 unpublished = True  # most likely
             else:
-                seq, relay_ts = reply[2 * i], reply[2 * i + 1]
+                seq, relay_ts = reply[at], reply[at + 1]
                 result = Appended(abs(seq), relay_ts, seq < 0)
                 unpublished = seq < 0  # a retry: nothing published
             if held and unpublished:

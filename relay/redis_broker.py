@@ -28,6 +28,7 @@ import orjson
 
 from relay.broker import (
     IDEMPOTENCY_TTL_S,
+    OP_PREFIX,
     Appended,
     BacklogLimits,
     Clock,
@@ -56,11 +57,14 @@ KEEP_EXTRA_S = 24 * 3600  # backlog keys outlive their newest op by max age + a 
 # subscriber drains, or Redis cuts the subscription and every socket resyncs.
 BUS_SHARE = 4
 BUS_BUDGET_DEFAULT = 8 * 1024 * 1024  # a quarter of Redis's default 32 MB
-OP_HEAD = '{"type":"crdt_operation","seq":'  # what the script puts before seq and tail
+OP_HEAD = OP_PREFIX  # what an op's line has before its seq
 # One script call carries at most this many appends / bytes of op text: bounds Redis's
 # time in one script, the size of one command and of one published message.
 MAX_BATCH_OPS = 256
 MAX_BATCH_BYTES = 1024 * 1024
+# While this many batches await their reply, the next one keeps filling (it goes out
+# when a reply comes, or full): bigger batches, far fewer script calls and messages.
+BATCHES_IN_FLIGHT = 1
 DAY_S = 86400
 
 # An append waiting for its batch: book, op, its line after the seq, who to tell, and
@@ -104,6 +108,7 @@ class RedisBroker:
         self._batch_bytes = 0
         self._batch_day = 0
         self._flush_soon = False
+        self._in_flight = 0  # batches sent, not yet answered
 
     # Lifecycle.
     async def start(self, sink: Sink) -> None:
@@ -158,7 +163,8 @@ class RedisBroker:
             return BUS_BUDGET_DEFAULT
         return min(limits) // BUS_SHARE if limits else BUS_BUDGET_DEFAULT
 
-    # The bus: "b<first seq> <origin>...\n<line>\n<line>..." per book and batch.
+    # The bus: "b<first seq> <origin>...\n<text>\n<text>..." per book and batch, each
+    # text an op's line after its seq.
     def _on_message(self, chan: bytes, data: bytes) -> None:
         sink = self._sink
         if sink is None or not data:
@@ -166,23 +172,23 @@ class RedisBroker:
         book_ref = chan[len(PREFIX) : -2].decode()
         kind = data[:1]
         if kind == b"b":
-            text = data.decode()
-            cut = text.index("\n")
-            head = text[1:cut].split(" ")
+            message = data.decode()
+            cut = message.index("\n")
+            head = message[1:cut].split(" ")
+            seq = int(head[0])
             origins = head[1:]
-            lines = text[cut + 1 :].split("\n")
+            texts = message[cut + 1 :].split("\n")
             if book_ref in self._unreceived:
-                # Our sockets' ops are back: what they held of the bus budget is free
-                # (each line less the head and the first seq's digits: at least its tail).
+                # Our sockets' ops are back: what they held of the bus budget is free.
                 mine = self._origin_prefix
-                skip = len(OP_HEAD) + len(head[0])
                 size = 0
-                for origin, line in zip(origins, lines, strict=True):
+                for origin, text in zip(origins, texts, strict=True):
                     if origin.startswith(mine):
-                        size += len(line) - skip
+                        size += len(text)
                 if size:
                     self._received(book_ref, size)
-            sink.on_ops(book_ref, int(head[0]), origins, lines)
+            lines = [f"{OP_HEAD}{at}{text}" for at, text in enumerate(texts, seq)]
+            sink.on_ops(book_ref, seq, origins, lines)
         elif kind == b"c":
             sink.on_control(book_ref, orjson.loads(data[1:]))
 
@@ -260,7 +266,11 @@ class RedisBroker:
         # Only our sockets' ops on a book we listen to come back to us to be counted.
         if book_ref in self._listening and op.origin.startswith(self._origin_prefix):
             held = len(tail)  # the payload is ASCII: characters are bytes
-            await self._reserve(book_ref, held)
+            if self._unreceived_total < self._budget:
+                self._unreceived[book_ref] = self._unreceived.get(book_ref, 0) + held
+                self._unreceived_total += held
+            else:
+                await self._reserve(book_ref, held)
         day = op.now // DAY_S
         if self._batch and day != self._batch_day:
             self._flush()  # a batch never spans two days (one pair of id keys per device)
@@ -276,7 +286,8 @@ class RedisBroker:
 
     def _flush_now(self) -> None:
         self._flush_soon = False
-        self._flush()
+        if self._in_flight < BATCHES_IN_FLIGHT:
+            self._flush()
 
     def _flush(self) -> None:
         """Send the batch as one script call (see redis_scripts.APPEND_BATCH)."""
@@ -327,6 +338,7 @@ class RedisBroker:
             where[place] = 2 * at_reply
         rest = (len(keys) + len(id_keys), *keys, *id_keys, *args)
         command = pack(b"EVALSHA", self._sha["append"], *rest)
+        self._in_flight += 1
         self._cmd.send(command, partial(self._answer, batch, where, rest))
 
     def _answer(
@@ -339,6 +351,9 @@ class RedisBroker:
             command = pack(b"EVAL", APPEND_BATCH, *rest)
             self._cmd.send(command, partial(self._answer, batch, where, None))
             return
+        self._in_flight -= 1
+        if self._in_flight < BATCHES_IN_FLIGHT:
+            self._flush()  # what gathered meanwhile
         failed = isinstance(reply, Exception)
         for (book_ref, _, _, done, held), at in zip(batch, where, strict=True):
             result: Appended | Exception
@@ -378,9 +393,13 @@ class RedisBroker:
         keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]
         args = [*self._base_args(now), since, epoch or "", limit]
         result = await self._script("read", keys, args)
-        ep, seq, oldest, size, gap, start, lines = result
+        ep, seq, oldest, size, gap, start, entries = result
         head = Head(ep.decode(), int(seq), int(oldest), int(size))
-        return History(head, int(start), bool(gap), [line.decode() for line in lines])
+        lines = [
+            raw.decode() if raw[:1] == b"{" else f"{OP_HEAD}{at}{raw.decode()}"  # (see READ)
+            for at, raw in enumerate(entries, start + 1)
+        ]
+        return History(head, int(start), bool(gap), lines)
 
     async def drop_book(self, book_ref: str) -> None:
         doomed = [_k(book_ref, p) for p in ("m", "l", "t", "s")]

@@ -7,35 +7,42 @@ Keys hold `book_ref` only. Payloads are opaque strings here: concatenated, never
 
 from __future__ import annotations
 
-# Shared by both scripts: the head of a book (made anew, with the fresh epoch given,
-# when its counter is missing or was written under another Redis run_id), and the trim
-# of its backlog to the limits, popping from the front in one LTRIM per list.
+# Shared by both scripts. A book's keys: its meta hash (epoch, seq, run, oldest, bytes,
+# `ot` the time of the oldest retained op, `x` when the keys' lifetimes were last set),
+# its op list and its "time:size" list, one entry per retained op, oldest first.
+# The op list holds each op's text after its seq (the reader puts the head and seq
+# back: no line is built in Lua); an entry starting with "{" is a whole line, as
+# stored before, and read as is.
 _COMMON = """
 local function head(mk, lk, tk, run, fresh_epoch, keep)
-  local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'oldest', 'bytes')
+  local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'oldest', 'bytes', 'ot', 'x')
   if (not m[1]) or m[3] ~= run then
     -- a new store, a flush, or a Redis restart: the history may be gone, so a new epoch
     redis.call('DEL', lk, tk)
-    redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'oldest', 1, 'bytes', 0)
+    redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'oldest', 1, 'bytes', 0,
+               'ot', 0)
     redis.call('EXPIRE', mk, keep)
-    return fresh_epoch, 0, 1, 0
+    return fresh_epoch, 0, 1, 0, 0, nil
   end
-  return m[1], tonumber(m[2]), tonumber(m[4]), tonumber(m[5])
+  return m[1], tonumber(m[2]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6]), tonumber(m[7])
 end
 
--- tk holds "time:size" per retained op, oldest first, alongside the op lines in lk.
-local function trim(lk, tk, seq, oldest, bytes, now, max_ops, max_bytes, max_age)
+-- Drop the oldest ops beyond the limits, in one LTRIM per list. `ot` (the oldest op's
+-- time; nil when unknown) spares reading the times when nothing has to go.
+local function trim(lk, tk, seq, oldest, bytes, ot, now, max_ops, max_bytes, max_age)
   if oldest > seq then
-    return oldest, bytes
+    return oldest, bytes, 0
+  end
+  if ot and ot > 0 and (seq - oldest + 1) <= max_ops and bytes <= max_bytes
+     and ot > now - max_age then
+    return oldest, bytes, ot
   end
   local drop, from = 0, 0
   local chunk = math.max(16, seq - oldest + 2 - max_ops)
   while oldest <= seq do
     local entries = redis.call('LRANGE', tk, from, from + chunk - 1)
     if #entries == 0 then
-      -- the times ran out before the counter: keep nothing
-      redis.call('DEL', lk, tk)
-      return seq + 1, 0
+      break  -- the times ran out before the counter: keep nothing
     end
     for j = 1, #entries do
       local e = entries[j]
@@ -46,7 +53,7 @@ local function trim(lk, tk, seq, oldest, bytes, now, max_ops, max_bytes, max_age
           redis.call('LTRIM', lk, drop, -1)
           redis.call('LTRIM', tk, drop, -1)
         end
-        return oldest, bytes
+        return oldest, bytes, ts
       end
       oldest = oldest + 1
       bytes = bytes - tonumber(string.sub(e, sep + 1))
@@ -55,37 +62,39 @@ local function trim(lk, tk, seq, oldest, bytes, now, max_ops, max_bytes, max_age
     from = from + #entries
   end
   redis.call('DEL', lk, tk)
-  return seq + 1, 0
+  return seq + 1, 0, 0
 end
 """
 
 # A batch of appends, any books, as one atomic step. KEYS: per book its meta hash, op
-# lines and "time:size" list (KEYS[3b+1..3b+3] for the b-th book, from 0), then the
-# client-id hashes: each op names k with KEYS[k] its device's ids of the op's day and
-# KEYS[k+1] of the day before (a batch never spans two days).
+# list and times list (KEYS[3b+1..3b+3] for the b-th book, from 0), then the client-id
+# hashes: each op names k with KEYS[k] its device's ids of the op's day and KEYS[k+1]
+# of the day before (a batch never spans two days).
 # ARGV[1] Redis run_id as this instance read it, ARGV[2] now, ARGV[3..5] max ops,
 # bytes, age, ARGV[6] how long a book's keys outlive their last write, ARGV[7] how
 # long a client id is remembered, ARGV[8] the number of books; then per book: a fresh
 # epoch, its channel, its number of ops, and per op (5 each): client id ('' for none),
-# the op line after its seq, origin connection, the op's time, k.
-# Per book: the head read once, the ids looked up with one HMGET per id hash, the new
-# lines pushed with one RPUSH, trimmed, the head written once, and ONE message
-# published: "b<first seq> <origin> <origin>...\n<line>\n<line>..." (a JSON line
-# holds no raw newline; the non-duplicate ops of a book take consecutive seqs).
+# the op's text after its seq, origin connection, the op's time, k.
+# Per book: the head read once, the ids looked up with one HMGET per id hash, the ops
+# pushed with one RPUSH per list, trimmed, the head written once, and ONE message
+# published: "b<first seq> <origin> <origin>...\n<text>\n<text>..." (JSON holds no
+# raw newline; the non-duplicate ops of a book take consecutive seqs). A retained op
+# counts as its whole line: head, seq and text.
 # Returns two numbers per op, in the order given: seq and relay time, the seq negated
 # for a duplicate (a retried id of this epoch: the first seq and time, not relayed).
 APPEND_BATCH = (
     _COMMON
     + """
+local HEAD_LEN = 31  -- #'{"type":"crdt_operation","seq":'
 local run, now = ARGV[1], tonumber(ARGV[2])
 local max_ops, max_bytes, max_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local keep, id_ttl = ARGV[6], ARGV[7]
+local keep, id_ttl = tonumber(ARGV[6]), ARGV[7]
 local out = {}
 local fresh = {}  -- KEYS index -> {client id -> "seq:time:epoch"} written by this batch
 local a = 9
 for b = 0, tonumber(ARGV[8]) - 1 do
   local mk, lk, tk = KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]
-  local epoch, seq, oldest, bytes = head(mk, lk, tk, run, ARGV[a], keep)
+  local epoch, seq, oldest, bytes, ot, x = head(mk, lk, tk, run, ARGV[a], keep)
   local chan, n = ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
   local ask = {}
@@ -113,8 +122,10 @@ for b = 0, tonumber(ARGV[8]) - 1 do
     end
     known[kk] = found
   end
+  local empty = oldest > seq
   local first = seq + 1
-  local lines, times, origins = {}, {}, {}
+  local digits, next_ten = string.len(first), 10 ^ string.len(first)
+  local texts, times, origins = {}, {}, {}
   for i = a, a + 5 * (n - 1), 5 do
     local cid, t, k = ARGV[i], ARGV[i + 3], tonumber(ARGV[i + 4])
     local dup = false
@@ -132,11 +143,15 @@ for b = 0, tonumber(ARGV[8]) - 1 do
     end
     if not dup then
       seq = seq + 1
-      local line = '{"type":"crdt_operation","seq":' .. seq .. ARGV[i + 1]
-      lines[#lines + 1] = line
-      times[#times + 1] = t .. ':' .. #line
+      if seq >= next_ten then
+        digits, next_ten = digits + 1, next_ten * 10
+      end
+      local text = ARGV[i + 1]
+      local size = HEAD_LEN + digits + #text
+      texts[#texts + 1] = text
+      times[#times + 1] = t .. ':' .. size
       origins[#origins + 1] = ARGV[i + 2]
-      bytes = bytes + #line
+      bytes = bytes + size
       out[#out + 1] = seq
       out[#out + 1] = tonumber(t)
       if cid ~= '' then
@@ -150,20 +165,27 @@ for b = 0, tonumber(ARGV[8]) - 1 do
     end
   end
   a = a + 5 * n
-  if #lines > 0 then
+  if #texts > 0 then
     if max_ops > 0 then
-      redis.call('RPUSH', lk, unpack(lines))
+      redis.call('RPUSH', lk, unpack(texts))
       redis.call('RPUSH', tk, unpack(times))
-      oldest, bytes = trim(lk, tk, seq, oldest, bytes, now, max_ops, max_bytes, max_age)
+      if empty then
+        ot = tonumber(string.sub(times[1], 1, string.find(times[1], ':', 1, true) - 1))
+      end
+      oldest, bytes, ot = trim(lk, tk, seq, oldest, bytes, ot, now, max_ops, max_bytes, max_age)
     else
-      oldest, bytes = seq + 1, 0
+      oldest, bytes, ot = seq + 1, 0, 0
     end
-    redis.call('HSET', mk, 'seq', seq, 'oldest', oldest, 'bytes', bytes)
-    redis.call('EXPIRE', mk, keep)
-    redis.call('EXPIRE', lk, keep)
-    redis.call('EXPIRE', tk, keep)
+    -- The keys' lifetimes: set when the lists are made, else refreshed now and then.
+    if empty or not x or now - x >= keep / 24 then
+      x = now
+      redis.call('EXPIRE', mk, keep)
+      redis.call('EXPIRE', lk, keep)
+      redis.call('EXPIRE', tk, keep)
+    end
+    redis.call('HSET', mk, 'seq', seq, 'oldest', oldest, 'bytes', bytes, 'ot', ot, 'x', x)
     redis.call('PUBLISH', chan,
-      'b' .. first .. ' ' .. table.concat(origins, ' ') .. '\\n' .. table.concat(lines, '\\n'))
+      'b' .. first .. ' ' .. table.concat(origins, ' ') .. '\\n' .. table.concat(texts, '\\n'))
   end
 end
 for k, ids in pairs(fresh) do
@@ -179,17 +201,22 @@ return out
 """
 )
 
-# KEYS[1] meta hash, KEYS[2] op lines, KEYS[3] "time:size" per op. ARGV[1] Redis
-# run_id as this instance read it, ARGV[2] a fresh epoch, ARGV[3] now, ARGV[4..6] max
-# ops, bytes, age, ARGV[7] how long the book's keys outlive their last write, ARGV[8]
-# since, ARGV[9] epoch ('' for none), ARGV[10] limit (0: the head only).
+# KEYS[1] meta hash, KEYS[2] op list, KEYS[3] times list. ARGV[1] Redis run_id as this
+# instance read it, ARGV[2] a fresh epoch, ARGV[3] now, ARGV[4..6] max ops, bytes, age,
+# ARGV[7] how long the book's keys outlive their last write, ARGV[8] since, ARGV[9]
+# epoch ('' for none), ARGV[10] limit (0: the head only). The entries returned are the
+# ops after `start`, as stored (see above).
 READ = (
     _COMMON
     + """
-local epoch, seq, oldest, bytes = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[7])
-oldest, bytes = trim(KEYS[2], KEYS[3], seq, oldest, bytes, tonumber(ARGV[3]),
-  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
-redis.call('HSET', KEYS[1], 'oldest', oldest, 'bytes', bytes)
+local keep = tonumber(ARGV[7])
+local epoch, seq, oldest, bytes, ot = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], keep)
+local trimmed_oldest, trimmed_bytes, trimmed_ot = trim(KEYS[2], KEYS[3], seq, oldest, bytes, ot,
+  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+if trimmed_oldest ~= oldest or trimmed_ot ~= ot then
+  redis.call('HSET', KEYS[1], 'oldest', trimmed_oldest, 'bytes', trimmed_bytes, 'ot', trimmed_ot)
+end
+oldest, bytes = trimmed_oldest, trimmed_bytes
 local since, limit = tonumber(ARGV[8]), tonumber(ARGV[10])
 local start, gap = since, 0
 if (since > 0 and ARGV[9] ~= epoch) or since > seq or since + 1 < oldest then

@@ -331,7 +331,7 @@ class RedisBroker:
                     k = at[op.device_id] = first_id_key + len(id_keys)
                     id_of = f"{prefix}i:{op.device_id}:"
                     id_keys += (id_of + str(day), id_of + str(day - 1))
-                args += (op.client_id or "", tail, op.origin, op.now, k)
+                args += (op.client_id or "", tail, op.origin, f"{op.now}:{len(tail)}", k)
             order += places
         where = [0] * len(batch)  # the reply's place of each entry
         for at_reply, place in enumerate(order):
@@ -355,14 +355,16 @@ class RedisBroker:
         if self._in_flight < BATCHES_IN_FLIGHT:
             self._flush()  # what gathered meanwhile
         failed = isinstance(reply, Exception)
-        for (book_ref, _, _, done, held), at in zip(batch, where, strict=True):
+        for (book_ref, op, _, done, held), at in zip(batch, where, strict=True):
             result: Appended | Exception
             if failed:
                 result = reply
                 unpublished = True  # most likely
             else:
-                seq, relay_ts = reply[at], reply[at + 1]
-                result = Appended(abs(seq), relay_ts, seq < 0)
+                seq = reply[at]
+                result = (
+                    Appended(seq, op.now, False) if seq > 0 else Appended(-seq, reply[at + 1], True)
+                )
                 unpublished = seq < 0  # a retry: nothing published
             if held and unpublished:
                 self._received(book_ref, held)  # never block on what will not come back

@@ -74,18 +74,18 @@ end
 # bytes, age, ARGV[6] how long a book's keys outlive their last write, ARGV[7] how
 # long a client id is remembered, ARGV[8] the number of books; then per book: a fresh
 # epoch, its channel, its number of ops, and per op (5 each): client id ('' for none),
-# the op's text after its seq, origin connection, the op's time, k.
+# the op's text after its seq, origin connection, "time:size" (size: of the text), k.
 # Per book: the head read once, the ids looked up with one HMGET per id hash, the ops
 # pushed with one RPUSH per list, trimmed, the head written once, and ONE message
 # published: "b<first seq> <origin> <origin>...\n<text>\n<text>..." (JSON holds no
 # raw newline; the non-duplicate ops of a book take consecutive seqs). A retained op
-# counts as its whole line: head, seq and text.
-# Returns two numbers per op, in the order given: seq and relay time, the seq negated
-# for a duplicate (a retried id of this epoch: the first seq and time, not relayed).
+# counts as the size of its text. No number is formatted per op but the seq of an id.
+# Returns two numbers per op, in the order given: the seq and 0 (the op's own time is
+# its relay time), or for a duplicate (a retried id of this epoch, not relayed) the
+# first seq negated and the first relay time.
 APPEND_BATCH = (
     _COMMON
     + """
-local HEAD_LEN = 31  -- #'{"type":"crdt_operation","seq":'
 local run, now = ARGV[1], tonumber(ARGV[2])
 local max_ops, max_bytes, max_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local keep, id_ttl = tonumber(ARGV[6]), ARGV[7]
@@ -124,8 +124,9 @@ for b = 0, tonumber(ARGV[8]) - 1 do
   end
   local empty = oldest > seq
   local first = seq + 1
-  local digits, next_ten = string.len(first), 10 ^ string.len(first)
-  local texts, times, origins = {}, {}, {}
+  local texts, times = {}, {}
+  -- the message: "b", first seq, origins, then the texts, concatenated once
+  local parts = {'b', first}
   for i = a, a + 5 * (n - 1), 5 do
     local cid, t, k = ARGV[i], ARGV[i + 3], tonumber(ARGV[i + 4])
     local dup = false
@@ -133,8 +134,9 @@ for b = 0, tonumber(ARGV[8]) - 1 do
       local prior = (fresh[k] and fresh[k][cid]) or known[k][cid]
         or (fresh[k + 1] and fresh[k + 1][cid]) or known[k + 1][cid]
       if prior then
-        local ps, pt, pe = string.match(prior, '^(%d+):(%d+):(.*)$')
-        if pe == epoch then
+        -- "seq:time:size:epoch" (or "seq:time:epoch", as stored before)
+        local ps, pt = string.match(prior, '^(%d+):(%d+):')
+        if string.match(prior, ':([^:]*)$') == epoch then
           out[#out + 1] = -tonumber(ps)
           out[#out + 1] = tonumber(pt)
           dup = true
@@ -143,17 +145,14 @@ for b = 0, tonumber(ARGV[8]) - 1 do
     end
     if not dup then
       seq = seq + 1
-      if seq >= next_ten then
-        digits, next_ten = digits + 1, next_ten * 10
-      end
       local text = ARGV[i + 1]
-      local size = HEAD_LEN + digits + #text
       texts[#texts + 1] = text
-      times[#times + 1] = t .. ':' .. size
-      origins[#origins + 1] = ARGV[i + 2]
-      bytes = bytes + size
+      times[#times + 1] = t
+      parts[#parts + 1] = ' '
+      parts[#parts + 1] = ARGV[i + 2]
+      bytes = bytes + #text
       out[#out + 1] = seq
-      out[#out + 1] = tonumber(t)
+      out[#out + 1] = 0
       if cid ~= '' then
         local mine = fresh[k]
         if not mine then
@@ -184,8 +183,11 @@ for b = 0, tonumber(ARGV[8]) - 1 do
       redis.call('EXPIRE', tk, keep)
     end
     redis.call('HSET', mk, 'seq', seq, 'oldest', oldest, 'bytes', bytes, 'ot', ot, 'x', x)
-    redis.call('PUBLISH', chan,
-      'b' .. first .. ' ' .. table.concat(origins, ' ') .. '\\n' .. table.concat(texts, '\\n'))
+    for j = 1, #texts do
+      parts[#parts + 1] = '\\n'
+      parts[#parts + 1] = texts[j]
+    end
+    redis.call('PUBLISH', chan, table.concat(parts))
   end
 end
 for k, ids in pairs(fresh) do

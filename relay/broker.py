@@ -19,6 +19,9 @@ OP_PREFIX = '{"type":"crdt_operation","seq":'
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 
+Clock = Callable[[], float]
+
+
 def new_epoch() -> str:
     """An opaque epoch: 96 random bits, never a counter (SPEC 4)."""
     return secrets.token_hex(12)
@@ -97,10 +100,18 @@ def read_plan(head: Head, since: int, epoch: str | None) -> tuple[int, bool]:
     return (head.oldest_seq - 1 if gap else since), gap
 
 
+# Told the outcome of one append: what was appended, or why it was not.
+Done = Callable[[Appended | Exception], None]
+
+
 class Sink(Protocol):
     """Where a broker hands what arrives on the bus (the hub of this instance)."""
 
     def on_op(self, book_ref: str, origin: str, seq: int, line: str) -> None: ...
+
+    def on_ops(self, book_ref: str, seq: int, origins: list[str], lines: list[str]) -> None:
+        """Consecutive ops of a book from seq on, each with its origin connection."""
+        ...
 
     def on_control(self, book_ref: str, control: dict[str, Any]) -> None: ...
 
@@ -121,6 +132,12 @@ class Broker(Protocol):
 
     async def append(self, book_ref: str, op: NewOp) -> Appended:
         """Assign the next seq, keep the op in the backlog and publish it: one atomic step."""
+        ...
+
+    async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
+        """`append` without waiting for it: returns once the op is queued (pipelined
+        brokers may hold it while the bus is too far behind); `done` is called with the
+        outcome later, in the order the appends were queued."""
         ...
 
     async def history(self, book_ref: str, since: int, epoch: str | None, limit: int) -> History:
@@ -171,9 +188,6 @@ class BacklogLimits:
     @classmethod
     def of(cls, s: Settings) -> BacklogLimits:
         return cls(s.backlog_max_ops, s.backlog_max_bytes, s.backlog_max_age_s)
-
-
-Clock = Callable[[], float]
 
 
 def open_broker(settings: Settings, redis: Callable[[], Any], clock: Clock) -> Broker:

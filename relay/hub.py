@@ -143,27 +143,35 @@ class Conn:
         self.finished = False
         self.reader: asyncio.Task[Any] | None = None  # the session reading; stops at finish
         self.expiry: asyncio.TimerHandle | None = None  # closes with 4401 at token expiry
-        self.inflight: asyncio.Semaphore | None = None  # ops sent to the broker, not acked
-        self.appending: set[asyncio.Task[None]] | None = None
+        self.inflight = 0  # ops sent to a pipelined broker, not yet answered
+        self.appending: asyncio.Future[None] | None = None  # the reader waits for an answer
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
     async def reserve_append(self) -> None:
         """Wait for room among this socket's appends in flight (pipelined brokers)."""
-        if self.inflight is None:
-            self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
-            self.appending = set()
-        await self.inflight.acquire()
+        while self.inflight >= MAX_INFLIGHT:
+            await self._answer()
+        self.inflight += 1
 
-    def appending_task(self, task: asyncio.Task[None]) -> None:
-        assert self.appending is not None
-        self.appending.add(task)  # held until done: the loop keeps only weak references
-        task.add_done_callback(self.appended)
+    async def all_appended(self) -> None:
+        """Wait until every append of this socket in flight is answered."""
+        while self.inflight:
+            await self._answer()
 
-    def appended(self, task: asyncio.Task[None]) -> None:
-        assert self.appending is not None and self.inflight is not None
-        self.appending.discard(task)
-        self.inflight.release()
+    async def _answer(self) -> None:
+        if self.appending is None or self.appending.done():
+            self.appending = asyncio.get_running_loop().create_future()
+        await self.appending
+
+    def appended(self) -> None:
+        """One append answered (acked or refused): room for the next."""
+        self.inflight -= 1
+        waiter = self.appending
+        if waiter is not None:
+            self.appending = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def finish(self) -> None:
         """Nothing more goes out on this socket: the session stops reading."""
@@ -338,6 +346,18 @@ class Hub:
         for conn in conns.values():
             if conn.conn_id != origin:
                 conn.push_op(seq, line)
+
+    def on_ops(self, book_ref: str, seq: int, origins: list[str], lines: list[str]) -> None:
+        conns = self.books.get(book_ref)
+        if not conns:
+            return
+        for conn in conns.values():
+            me = conn.conn_id
+            at = seq
+            for origin, line in zip(origins, lines, strict=True):
+                if origin != me:
+                    conn.push_op(at, line)
+                at += 1
 
     def on_control(self, book_ref: str, control: dict[str, Any]) -> None:
         conns = self.books.get(book_ref)

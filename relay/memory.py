@@ -18,6 +18,7 @@ from relay.broker import (
     Appended,
     BacklogLimits,
     Clock,
+    Done,
     Head,
     History,
     NewOp,
@@ -96,6 +97,14 @@ class MemoryBroker:
         if self._sink is not None:
             self._sink.on_op(book_ref, op.origin, seq, line)
         return Appended(seq, op.now, duplicate=False)
+
+    async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
+        result: Appended | Exception
+        try:
+            result = await self.append(book_ref, op)
+        except Exception as exc:
+            result = exc
+        done(result)
 
     @staticmethod
     def _forget_old_ids(seen: OrderedDict[str, tuple[int, int, float]]) -> None:

@@ -1,8 +1,11 @@
 """The Redis broker (production): many instances act as one.
 
-Seq, backlog and publish are one Lua step (relay.redis_scripts); appends from all
-sockets of the process go out pipelined on one hand-packed connection; one subscriber
-connection per process, subscribed only to the books it has sockets for. Socket
+Seq, backlog and publish are one Lua step (relay.redis_scripts). Appends are batched:
+those asked for in one turn of the event loop (any sockets, any books) go to Redis as
+ONE script call, which publishes one message per book carrying that book's ops; batches
+go out pipelined on one connection (relay.resp), each op answered through a callback in
+the order asked. One subscriber connection per process, subscribed only to the books
+it has sockets for. Socket
 records carry the instance id, and each instance keeps a heartbeat key with a TTL, so
 a dead instance's sockets stop counting as online and its peers are told `offline`.
 
@@ -18,15 +21,18 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
 
 from relay.broker import (
     IDEMPOTENCY_TTL_S,
+    OP_PREFIX,
     Appended,
     BacklogLimits,
     Clock,
+    Done,
     Head,
     History,
     NewOp,
@@ -34,9 +40,9 @@ from relay.broker import (
     new_epoch,
     op_tail,
 )
-from relay.redis_scripts import APPEND, READ, TAKE_REFUND
+from relay.redis_scripts import APPEND_BATCH, READ, TAKE_REFUND
 from relay.redis_sub import Subscriber
-from relay.resp import CommandConnection, ReplyError
+from relay.resp import Arg, CommandConnection, ReplyError, pack
 
 log = logging.getLogger("homepocket.relay")
 
@@ -51,7 +57,19 @@ KEEP_EXTRA_S = 24 * 3600  # backlog keys outlive their newest op by max age + a 
 # subscriber drains, or Redis cuts the subscription and every socket resyncs.
 BUS_SHARE = 4
 BUS_BUDGET_DEFAULT = 8 * 1024 * 1024  # a quarter of Redis's default 32 MB
-OP_HEAD = b'{"type":"crdt_operation","seq":'  # what the script puts before seq and tail
+OP_HEAD = OP_PREFIX  # what an op's line has before its seq
+# One script call carries at most this many appends / bytes of op text: bounds Redis's
+# time in one script, the size of one command and of one published message.
+MAX_BATCH_OPS = 256
+MAX_BATCH_BYTES = 1024 * 1024
+# While this many batches await their reply, the next one keeps filling (it goes out
+# when a reply comes, or full): bigger batches, far fewer script calls and messages.
+BATCHES_IN_FLIGHT = 1
+DAY_S = 86400
+
+# An append waiting for its batch: book, op, its line after the seq, who to tell, and
+# the bytes it holds of the bus budget (0: not counted).
+_Entry = tuple[str, NewOp, str, Done, int]
 
 
 def _k(book_ref: str, part: str) -> str:
@@ -85,6 +103,12 @@ class RedisBroker:
         self._budget = BUS_BUDGET_DEFAULT
         self._room = asyncio.Event()
         self._room.set()
+        self._listening: set[str] = set()  # books whose channel we subscribe to
+        self._batch: list[_Entry] = []  # appends asked for in this loop turn
+        self._batch_bytes = 0
+        self._batch_day = 0
+        self._flush_soon = False
+        self._in_flight = 0  # batches sent, not yet answered
 
     # Lifecycle.
     async def start(self, sink: Sink) -> None:
@@ -105,6 +129,7 @@ class RedisBroker:
         self._tasks.clear()
         if self._sub is not None:
             await self._sub.stop()
+        self._flush()  # what is left fails at once: the connection is closing
         await self._cmd.close()
         with contextlib.suppress(Exception):  # a clean goodbye: our sockets are gone
             await self._r.delete(PREFIX + "alive:" + self.instance)
@@ -115,7 +140,7 @@ class RedisBroker:
         await self._r.ping()
 
     async def _load(self) -> None:
-        for name, text in (("append", APPEND), ("read", READ), ("refund", TAKE_REFUND)):
+        for name, text in (("append", APPEND_BATCH), ("read", READ), ("refund", TAKE_REFUND)):
             self._sha[name] = await self._r.script_load(text)
         info = await self._r.info("server")
         self._run_id = str(info.get("run_id", ""))
@@ -138,20 +163,33 @@ class RedisBroker:
             return BUS_BUDGET_DEFAULT
         return min(limits) // BUS_SHARE if limits else BUS_BUDGET_DEFAULT
 
-    # The bus.
+    # The bus: "b<first seq> <origin>...\n<text>\n<text>..." per book and batch, each
+    # text an op's line after its seq.
     def _on_message(self, chan: bytes, data: bytes) -> None:
         sink = self._sink
         if sink is None or not data:
             return
-        book_ref = chan.decode()[len(PREFIX) : -2]
-        if data[:1] == b"o":
-            cut = data.index(b"\n")
-            origin, seq = data[1:cut].split(b" ", 1)
-            origin_id = origin.decode()
-            if origin_id.startswith(self._origin_prefix):
-                self._received(book_ref, len(data) - cut - 1 - len(OP_HEAD) - len(seq))
-            sink.on_op(book_ref, origin_id, int(seq), data[cut + 1 :].decode())
-        elif data[:1] == b"c":
+        book_ref = chan[len(PREFIX) : -2].decode()
+        kind = data[:1]
+        if kind == b"b":
+            message = data.decode()
+            cut = message.index("\n")
+            head = message[1:cut].split(" ")
+            seq = int(head[0])
+            origins = head[1:]
+            texts = message[cut + 1 :].split("\n")
+            if book_ref in self._unreceived:
+                # Our sockets' ops are back: what they held of the bus budget is free.
+                mine = self._origin_prefix
+                size = 0
+                for origin, text in zip(origins, texts, strict=True):
+                    if origin.startswith(mine):
+                        size += len(text)
+                if size:
+                    self._received(book_ref, size)
+            lines = [f"{OP_HEAD}{at}{text}" for at, text in enumerate(texts, seq)]
+            sink.on_ops(book_ref, seq, origins, lines)
+        elif kind == b"c":
             sink.on_control(book_ref, orjson.loads(data[1:]))
 
     # Backpressure: our own ops in flight on the bus, per book (a book we stop listening
@@ -195,11 +233,13 @@ class RedisBroker:
 
     async def listen(self, book_ref: str) -> None:
         assert self._sub is not None
+        self._listening.add(book_ref)
         await self._r.sadd(PREFIX + "books:" + self.instance, book_ref)
         await self._sub.subscribe(channel(book_ref).encode())
 
     async def unlisten(self, book_ref: str) -> None:
         assert self._sub is not None
+        self._listening.discard(book_ref)
         await self._sub.unsubscribe(channel(book_ref).encode())
         self._forget(book_ref)
         await self._r.srem(PREFIX + "books:" + self.instance, book_ref)
@@ -211,44 +251,130 @@ class RedisBroker:
         return [self._run_id, new_epoch(), now, lim.max_ops, lim.max_bytes, lim.max_age_s, keep]
 
     async def append(self, book_ref: str, op: NewOp) -> Appended:
-        day = op.now // 86400
-        keys = [
-            _k(book_ref, "m"),
-            _k(book_ref, "l"),
-            _k(book_ref, "t"),
-            _k(book_ref, f"i:{op.device_id}:{day}"),
-            _k(book_ref, f"i:{op.device_id}:{day - 1}"),
-        ]
+        future: asyncio.Future[Appended | Exception] = asyncio.get_running_loop().create_future()
+        await self.append_then(book_ref, op, partial(_settle, future))
+        result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
+        """Queue the append into this loop turn's batch; `done` gets the result (or the
+        exception) later, appends answered in the order they were queued."""
         tail = op_tail(op.payload, op.timestamp, op.device_id, op.now)
-        args = [
-            *self._base_args(op.now),
-            op.client_id or "",
-            tail,
-            op.origin,
-            channel(book_ref),
-            2 * IDEMPOTENCY_TTL_S,
-        ]
+        held = 0
         # Only our sockets' ops on a book we listen to come back to us to be counted.
-        counted = (
-            self._sub is not None
-            and op.origin.startswith(self._origin_prefix)
-            and channel(book_ref).encode() in self._sub.channels
-        )
-        size = len(tail)  # the payload is ASCII: characters are bytes
-        if counted:
-            await self._reserve(book_ref, size)
-        try:
-            duplicate, seq, relay_ts = await self._script("append", keys, args)
-        except BaseException:
-            if counted:  # most likely never published; never block on it
-                self._received(book_ref, size)
-            raise
-        if duplicate and counted:
-            self._received(book_ref, size)  # a retry: nothing published
-        return Appended(int(seq), int(relay_ts), bool(duplicate))
+        if book_ref in self._listening and op.origin.startswith(self._origin_prefix):
+            held = len(tail)  # the payload is ASCII: characters are bytes
+            if self._unreceived_total < self._budget:
+                self._unreceived[book_ref] = self._unreceived.get(book_ref, 0) + held
+                self._unreceived_total += held
+            else:
+                await self._reserve(book_ref, held)
+        day = op.now // DAY_S
+        if self._batch and day != self._batch_day:
+            self._flush()  # a batch never spans two days (one pair of id keys per device)
+        if not self._batch:
+            self._batch_day = day
+            if not self._flush_soon:
+                self._flush_soon = True
+                asyncio.get_running_loop().call_soon(self._flush_now)
+        self._batch.append((book_ref, op, tail, done, held))
+        self._batch_bytes += len(tail)
+        if len(self._batch) >= MAX_BATCH_OPS or self._batch_bytes >= MAX_BATCH_BYTES:
+            self._flush()
+
+    def _flush_now(self) -> None:
+        self._flush_soon = False
+        if self._in_flight < BATCHES_IN_FLIGHT:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the batch as one script call (see redis_scripts.APPEND_BATCH)."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self._batch_bytes = 0
+        books: dict[str, list[int]] = {}  # book -> its entries' places in the batch
+        for i, entry in enumerate(batch):
+            group = books.get(entry[0])
+            if group is None:
+                books[entry[0]] = [i]
+            else:
+                group.append(i)
+        lim = self._limits
+        day = self._batch_day
+        keys: list[Arg] = []
+        id_keys: list[Arg] = []
+        args: list[Arg] = [
+            self._run_id,
+            max(entry[1].now for entry in batch),
+            lim.max_ops,
+            lim.max_bytes,
+            lim.max_age_s,
+            lim.max_age_s + KEEP_EXTRA_S,
+            2 * IDEMPOTENCY_TTL_S,
+            len(books),
+        ]
+        first_id_key = 3 * len(books) + 1
+        order: list[int] = []  # the batch's places in the script's (book by book) order
+        for book_ref, places in books.items():
+            prefix = PREFIX + book_ref + ":"
+            keys += (prefix + "m", prefix + "l", prefix + "t")
+            args += (new_epoch(), prefix + "c", len(places))
+            at: dict[str, int] = {}  # device -> index of its id keys
+            for place in places:
+                _, op, tail, _, _ = batch[place]
+                k = at.get(op.device_id)
+                if k is None:
+                    k = at[op.device_id] = first_id_key + len(id_keys)
+                    id_of = f"{prefix}i:{op.device_id}:"
+                    id_keys += (id_of + str(day), id_of + str(day - 1))
+                args += (op.client_id or "", tail, op.origin, f"{op.now}:{len(tail)}", k)
+            order += places
+        where = [0] * len(batch)  # the reply's place of each entry
+        for at_reply, place in enumerate(order):
+            where[place] = 2 * at_reply
+        rest = (len(keys) + len(id_keys), *keys, *id_keys, *args)
+        command = pack(b"EVALSHA", self._sha["append"], *rest)
+        self._in_flight += 1
+        self._cmd.send(command, partial(self._answer, batch, where, rest))
+
+    def _answer(
+        self, batch: list[_Entry], where: list[int], rest: tuple[Arg, ...] | None, reply: Any
+    ) -> None:
+        """The batch's reply: each op answered, in the order queued."""
+        if isinstance(reply, ReplyError) and rest is not None and str(reply).startswith("NOSCRIPT"):
+            # Redis restarted or its scripts were flushed: the body loads it again. Later
+            # batches already sent fail the same way and are sent again after this one.
+            command = pack(b"EVAL", APPEND_BATCH, *rest)
+            self._cmd.send(command, partial(self._answer, batch, where, None))
+            return
+        self._in_flight -= 1
+        if self._in_flight < BATCHES_IN_FLIGHT:
+            self._flush()  # what gathered meanwhile
+        failed = isinstance(reply, Exception)
+        for (book_ref, op, _, done, held), at in zip(batch, where, strict=True):
+            result: Appended | Exception
+            if failed:
+                result = reply
+                unpublished = True  # most likely
+            else:
+                seq = reply[at]
+                result = (
+                    Appended(seq, op.now, False) if seq > 0 else Appended(-seq, reply[at + 1], True)
+                )
+                unpublished = seq < 0  # a retry: nothing published
+            if held and unpublished:
+                self._received(book_ref, held)  # never block on what will not come back
+            try:
+                done(result)
+            except Exception:
+                log.exception("relay append answer failed")
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """One script call on the pipelined connection (packed by hand: the hot path)."""
+        """One script call on the pipelined connection."""
         try:
             return await self._cmd.call(b"EVALSHA", self._sha[name], len(keys), *keys, *args)
         except ReplyError as exc:
@@ -269,9 +395,13 @@ class RedisBroker:
         keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]
         args = [*self._base_args(now), since, epoch or "", limit]
         result = await self._script("read", keys, args)
-        ep, seq, oldest, size, gap, start, lines = result
+        ep, seq, oldest, size, gap, start, entries = result
         head = Head(ep.decode(), int(seq), int(oldest), int(size))
-        return History(head, int(start), bool(gap), [line.decode() for line in lines])
+        lines = [
+            raw.decode() if raw[:1] == b"{" else f"{OP_HEAD}{at}{raw.decode()}"  # (see READ)
+            for at, raw in enumerate(entries, start + 1)
+        ]
+        return History(head, int(start), bool(gap), lines)
 
     async def drop_book(self, book_ref: str) -> None:
         doomed = [_k(book_ref, p) for p in ("m", "l", "t", "s")]
@@ -370,3 +500,8 @@ class RedisBroker:
                 await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
         await self._r.delete(books_key)
         await self._r.zrem(INSTANCES, instance)
+
+
+def _settle(future: asyncio.Future[Appended | Exception], result: Appended | Exception) -> None:
+    if not future.done():
+        future.set_result(result)

@@ -7,96 +7,218 @@ Keys hold `book_ref` only. Payloads are opaque strings here: concatenated, never
 
 from __future__ import annotations
 
-# Shared by both scripts. KEYS[1] meta hash, KEYS[2] op lines, KEYS[3] "time:size" per op.
-# ARGV[1] Redis run_id as this instance read it, ARGV[2] a fresh epoch, ARGV[3] now,
-# ARGV[4..6] max ops, bytes, age, ARGV[7] how long the book's keys outlive their last write.
+# Shared by both scripts. A book's keys: its meta hash (epoch, seq, run, oldest, bytes,
+# `ot` the time of the oldest retained op, `x` when the keys' lifetimes were last set),
+# its op list and its "time:size" list, one entry per retained op, oldest first.
+# The op list holds each op's text after its seq (the reader puts the head and seq
+# back: no line is built in Lua); an entry starting with "{" is a whole line, as
+# stored before, and read as is.
 _COMMON = """
-local KEEP = 7
-local function head()
-  local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'run', 'oldest', 'bytes')
-  if (not m[1]) or m[3] ~= ARGV[1] then
+local function head(mk, lk, tk, run, fresh_epoch, keep)
+  local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'oldest', 'bytes', 'ot', 'x')
+  if (not m[1]) or m[3] ~= run then
     -- a new store, a flush, or a Redis restart: the history may be gone, so a new epoch
-    redis.call('DEL', KEYS[2], KEYS[3])
-    redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'seq', 0, 'run', ARGV[1], 'oldest', 1,
-               'bytes', 0)
-    redis.call('EXPIRE', KEYS[1], ARGV[KEEP])
-    return ARGV[2], 0, 1, 0
+    redis.call('DEL', lk, tk)
+    redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'oldest', 1, 'bytes', 0,
+               'ot', 0)
+    redis.call('EXPIRE', mk, keep)
+    return fresh_epoch, 0, 1, 0, 0, nil
   end
-  return m[1], tonumber(m[2]), tonumber(m[4]), tonumber(m[5])
+  return m[1], tonumber(m[2]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6]), tonumber(m[7])
 end
 
-local function trim(seq, oldest, bytes)
-  local now = tonumber(ARGV[3])
-  local max_ops, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-  local max_age = tonumber(ARGV[6])
-  while oldest <= seq do
-    local t = redis.call('LINDEX', KEYS[3], 0)
-    if not t then
-      return seq + 1, 0
-    end
-    local sep = string.find(t, ':', 1, true)
-    local ts = tonumber(string.sub(t, 1, sep - 1))
-    local size = tonumber(string.sub(t, sep + 1))
-    if (seq - oldest + 1) <= max_ops and bytes <= max_bytes and ts > now - max_age then
-      break
-    end
-    redis.call('LPOP', KEYS[2])
-    redis.call('LPOP', KEYS[3])
-    oldest = oldest + 1
-    bytes = bytes - size
+-- Drop the oldest ops beyond the limits, in one LTRIM per list. `ot` (the oldest op's
+-- time; nil when unknown) spares reading the times when nothing has to go.
+local function trim(lk, tk, seq, oldest, bytes, ot, now, max_ops, max_bytes, max_age)
+  if oldest > seq then
+    return oldest, bytes, 0
   end
-  return oldest, bytes
+  if ot and ot > 0 and (seq - oldest + 1) <= max_ops and bytes <= max_bytes
+     and ot > now - max_age then
+    return oldest, bytes, ot
+  end
+  local drop, from = 0, 0
+  local chunk = math.max(16, seq - oldest + 2 - max_ops)
+  while oldest <= seq do
+    local entries = redis.call('LRANGE', tk, from, from + chunk - 1)
+    if #entries == 0 then
+      break  -- the times ran out before the counter: keep nothing
+    end
+    for j = 1, #entries do
+      local e = entries[j]
+      local sep = string.find(e, ':', 1, true)
+      local ts = tonumber(string.sub(e, 1, sep - 1))
+      if (seq - oldest + 1) <= max_ops and bytes <= max_bytes and ts > now - max_age then
+        if drop > 0 then
+          redis.call('LTRIM', lk, drop, -1)
+          redis.call('LTRIM', tk, drop, -1)
+        end
+        return oldest, bytes, ts
+      end
+      oldest = oldest + 1
+      bytes = bytes - tonumber(string.sub(e, sep + 1))
+      drop = drop + 1
+    end
+    from = from + #entries
+  end
+  redis.call('DEL', lk, tk)
+  return seq + 1, 0, 0
 end
 """
 
-# KEYS[4], KEYS[5]: the device's client ids of today and yesterday.
-# ARGV[8] client id ('' for none), ARGV[9] the op line after its seq, ARGV[10] origin
-# connection, ARGV[11] channel, ARGV[12] client-id lifetime (s).
-APPEND = (
+# A batch of appends, any books, as one atomic step. KEYS: per book its meta hash, op
+# list and times list (KEYS[3b+1..3b+3] for the b-th book, from 0), then the client-id
+# hashes: each op names k with KEYS[k] its device's ids of the op's day and KEYS[k+1]
+# of the day before (a batch never spans two days).
+# ARGV[1] Redis run_id as this instance read it, ARGV[2] now, ARGV[3..5] max ops,
+# bytes, age, ARGV[6] how long a book's keys outlive their last write, ARGV[7] how
+# long a client id is remembered, ARGV[8] the number of books; then per book: a fresh
+# epoch, its channel, its number of ops, and per op (5 each): client id ('' for none),
+# the op's text after its seq, origin connection, "time:size" (size: of the text), k.
+# Per book: the head read once, the ids looked up with one HMGET per id hash, the ops
+# pushed with one RPUSH per list, trimmed, the head written once, and ONE message
+# published: "b<first seq> <origin> <origin>...\n<text>\n<text>..." (JSON holds no
+# raw newline; the non-duplicate ops of a book take consecutive seqs). A retained op
+# counts as the size of its text. No number is formatted per op but the seq of an id.
+# Returns two numbers per op, in the order given: the seq and 0 (the op's own time is
+# its relay time), or for a duplicate (a retried id of this epoch, not relayed) the
+# first seq negated and the first relay time.
+APPEND_BATCH = (
     _COMMON
     + """
-local epoch, seq, oldest, bytes = head()
-local now = ARGV[3]
-local cid = ARGV[8]
-if cid ~= '' then
-  local prior = redis.call('HGET', KEYS[4], cid) or redis.call('HGET', KEYS[5], cid)
-  if prior then
-    local a, b, e = string.match(prior, '^(%d+):(%d+):(.*)$')
-    if e == epoch then
-      return {1, tonumber(a), tonumber(b)}
+local run, now = ARGV[1], tonumber(ARGV[2])
+local max_ops, max_bytes, max_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local keep, id_ttl = tonumber(ARGV[6]), ARGV[7]
+local out = {}
+local fresh = {}  -- KEYS index -> {client id -> "seq:time:epoch"} written by this batch
+local a = 9
+for b = 0, tonumber(ARGV[8]) - 1 do
+  local mk, lk, tk = KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]
+  local epoch, seq, oldest, bytes, ot, x = head(mk, lk, tk, run, ARGV[a], keep)
+  local chan, n = ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local ask = {}
+  for i = a, a + 5 * (n - 1), 5 do
+    if ARGV[i] ~= '' then
+      local k = tonumber(ARGV[i + 4])
+      for kk = k, k + 1 do
+        local cids = ask[kk]
+        if not cids then
+          cids = {}
+          ask[kk] = cids
+        end
+        cids[#cids + 1] = ARGV[i]
+      end
     end
   end
+  local known = {}
+  for kk, cids in pairs(ask) do
+    local values = redis.call('HMGET', KEYS[kk], unpack(cids))
+    local found = {}
+    for j = 1, #cids do
+      if values[j] then
+        found[cids[j]] = values[j]
+      end
+    end
+    known[kk] = found
+  end
+  local empty = oldest > seq
+  local first = seq + 1
+  local texts, times = {}, {}
+  -- the message: "b", first seq, origins, then the texts, concatenated once
+  local parts = {'b', first}
+  for i = a, a + 5 * (n - 1), 5 do
+    local cid, t, k = ARGV[i], ARGV[i + 3], tonumber(ARGV[i + 4])
+    local dup = false
+    if cid ~= '' then
+      local prior = (fresh[k] and fresh[k][cid]) or known[k][cid]
+        or (fresh[k + 1] and fresh[k + 1][cid]) or known[k + 1][cid]
+      if prior then
+        -- "seq:time:size:epoch" (or "seq:time:epoch", as stored before)
+        local ps, pt = string.match(prior, '^(%d+):(%d+):')
+        if string.match(prior, ':([^:]*)$') == epoch then
+          out[#out + 1] = -tonumber(ps)
+          out[#out + 1] = tonumber(pt)
+          dup = true
+        end
+      end
+    end
+    if not dup then
+      seq = seq + 1
+      local text = ARGV[i + 1]
+      texts[#texts + 1] = text
+      times[#times + 1] = t
+      parts[#parts + 1] = ' '
+      parts[#parts + 1] = ARGV[i + 2]
+      bytes = bytes + #text
+      out[#out + 1] = seq
+      out[#out + 1] = 0
+      if cid ~= '' then
+        local mine = fresh[k]
+        if not mine then
+          mine = {}
+          fresh[k] = mine
+        end
+        mine[cid] = seq .. ':' .. t .. ':' .. epoch
+      end
+    end
+  end
+  a = a + 5 * n
+  if #texts > 0 then
+    if max_ops > 0 then
+      redis.call('RPUSH', lk, unpack(texts))
+      redis.call('RPUSH', tk, unpack(times))
+      if empty then
+        ot = tonumber(string.sub(times[1], 1, string.find(times[1], ':', 1, true) - 1))
+      end
+      oldest, bytes, ot = trim(lk, tk, seq, oldest, bytes, ot, now, max_ops, max_bytes, max_age)
+    else
+      oldest, bytes, ot = seq + 1, 0, 0
+    end
+    -- The keys' lifetimes: set when the lists are made, else refreshed now and then.
+    if empty or not x or now - x >= keep / 24 then
+      x = now
+      redis.call('EXPIRE', mk, keep)
+      redis.call('EXPIRE', lk, keep)
+      redis.call('EXPIRE', tk, keep)
+    end
+    redis.call('HSET', mk, 'seq', seq, 'oldest', oldest, 'bytes', bytes, 'ot', ot, 'x', x)
+    for j = 1, #texts do
+      parts[#parts + 1] = '\\n'
+      parts[#parts + 1] = texts[j]
+    end
+    redis.call('PUBLISH', chan, table.concat(parts))
+  end
 end
-seq = seq + 1
-local line = '{"type":"crdt_operation","seq":' .. seq .. ARGV[9]
-if tonumber(ARGV[4]) > 0 then
-  redis.call('RPUSH', KEYS[2], line)
-  redis.call('RPUSH', KEYS[3], now .. ':' .. #line)
-  bytes = bytes + #line
-  oldest, bytes = trim(seq, oldest, bytes)
-else
-  oldest, bytes = seq + 1, 0
+for k, ids in pairs(fresh) do
+  local fields = {}
+  for cid, value in pairs(ids) do
+    fields[#fields + 1] = cid
+    fields[#fields + 1] = value
+  end
+  redis.call('HSET', KEYS[k], unpack(fields))
+  redis.call('EXPIRE', KEYS[k], id_ttl)
 end
-redis.call('HSET', KEYS[1], 'seq', seq, 'oldest', oldest, 'bytes', bytes)
-for i = 1, 3 do
-  redis.call('EXPIRE', KEYS[i], ARGV[KEEP])
-end
-if cid ~= '' then
-  redis.call('HSET', KEYS[4], cid, seq .. ':' .. now .. ':' .. epoch)
-  redis.call('EXPIRE', KEYS[4], ARGV[12])
-end
-redis.call('PUBLISH', ARGV[11], 'o' .. ARGV[10] .. ' ' .. seq .. '\\n' .. line)
-return {0, seq, tonumber(now)}
+return out
 """
 )
 
-# ARGV[8] since, ARGV[9] epoch ('' for none), ARGV[10] limit (0: the head only).
+# KEYS[1] meta hash, KEYS[2] op list, KEYS[3] times list. ARGV[1] Redis run_id as this
+# instance read it, ARGV[2] a fresh epoch, ARGV[3] now, ARGV[4..6] max ops, bytes, age,
+# ARGV[7] how long the book's keys outlive their last write, ARGV[8] since, ARGV[9]
+# epoch ('' for none), ARGV[10] limit (0: the head only). The entries returned are the
+# ops after `start`, as stored (see above).
 READ = (
     _COMMON
     + """
-local epoch, seq, oldest, bytes = head()
-oldest, bytes = trim(seq, oldest, bytes)
-redis.call('HSET', KEYS[1], 'oldest', oldest, 'bytes', bytes)
+local keep = tonumber(ARGV[7])
+local epoch, seq, oldest, bytes, ot = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], keep)
+local trimmed_oldest, trimmed_bytes, trimmed_ot = trim(KEYS[2], KEYS[3], seq, oldest, bytes, ot,
+  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+if trimmed_oldest ~= oldest or trimmed_ot ~= ot then
+  redis.call('HSET', KEYS[1], 'oldest', trimmed_oldest, 'bytes', trimmed_bytes, 'ot', trimmed_ot)
+end
+oldest, bytes = trimmed_oldest, trimmed_bytes
 local since, limit = tonumber(ARGV[8]), tonumber(ARGV[10])
 local start, gap = since, 0
 if (since > 0 and ARGV[9] ~= epoch) or since > seq or since + 1 < oldest then

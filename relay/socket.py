@@ -75,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any, NoReturn
 
 import orjson
@@ -86,7 +87,7 @@ from infra.errors import ApiError, invalid_token
 from infra.metrics import RELAY_SYNC_GAPS
 from infra.validate import BOOK_ID
 from relay import ops
-from relay.broker import Broker, NewOp
+from relay.broker import Appended, Broker, NewOp
 from relay.budget import OpBudget
 from relay.hub import MALFORMED, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
 from relay.records import SyncRecords
@@ -369,8 +370,8 @@ class RelaySocket:
         except ApiError as exc:
             error: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
             error["id"] = ops.echo_id(msg)
-            if conn.appending:  # answers keep the order of the ops: earlier acks first
-                await asyncio.wait(set(conn.appending))
+            if conn.inflight:  # answers keep the order of the ops: earlier acks first
+                await conn.all_appended()
             conn.push_control(dumps(error))
 
     async def _op(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:
@@ -383,19 +384,30 @@ class RelaySocket:
             raise refused
         op = NewOp(conn.device_id, client_id, payload, timestamp, conn.conn_id, now)
         if not self.broker.pipelined:
-            await self._append(conn, op)
+            result: Appended | Exception
+            try:
+                result = await self.broker.append(conn.book_ref, op)
+            except Exception as exc:
+                result = exc
+            self._append(conn, op, result)
             return
         # Don't wait for the broker's round trip before reading the next op: appends of one
-        # socket queue in order (so do their seqs and acks), at most MAX_INFLIGHT at once.
+        # socket queue in order (so do their seqs and acks), at most MAX_INFLIGHT at once,
+        # and are answered from the broker's callback (no task per op).
         await conn.reserve_append()
-        conn.appending_task(asyncio.ensure_future(self._append(conn, op)))
-
-    async def _append(self, conn: Conn, op: NewOp) -> None:
         try:
-            done = await self.broker.append(conn.book_ref, op)
-        except Exception as exc:  # the broker failed (down, out of memory): not kept
+            await self.broker.append_then(conn.book_ref, op, partial(self._append, conn, op))
+        except BaseException:
+            conn.appended()
+            raise
+
+    def _append(self, conn: Conn, op: NewOp, result: Appended | Exception) -> None:
+        """The broker's answer to one op: its ack, or an error when it was not kept."""
+        if self.broker.pipelined:
+            conn.appended()
+        if isinstance(result, Exception):  # the broker failed (down, out of memory)
             # Neither kept nor acked: the client's offline queue retries it.
-            log.warning("relay broker unavailable", extra={"error_type": type(exc).__name__})
+            log.warning("relay broker unavailable", extra={"error_type": type(result).__name__})
             error = {
                 "type": "error",
                 "code": "SERVICE_UNAVAILABLE",
@@ -404,13 +416,13 @@ class RelaySocket:
             }
             conn.push_control(dumps(error))
             return
-        if not done.duplicate:
+        if not result.duplicate:
             self.records.count(conn.book_ref, len(op.payload), op.now)
         ack = {
             "type": "ack",
             "id": op.client_id,
-            "seq": done.seq,
-            "relay_timestamp": done.relay_timestamp,
+            "seq": result.seq,
+            "relay_timestamp": result.relay_timestamp,
         }
         conn.push_control(dumps(ack))
 

@@ -24,8 +24,7 @@ from relay.broker import (
     NewOp,
     Sink,
     new_epoch,
-    op_line,
-    op_tail,
+    op_json,
     read_plan,
 )
 
@@ -88,7 +87,7 @@ class MemoryBroker:
             return Appended(seq, relay_ts, duplicate=True)
         book.seq += 1
         seq = book.seq
-        line = op_line(seq, op_tail(op.payload, op.timestamp, op.device_id, op.now))
+        line = op_json(seq, op.payload, op.timestamp, op.device_id, op.now)
         book.ops.append((op.now, len(line), line))
         book.bytes += len(line)
         self._trim(book, op.now)

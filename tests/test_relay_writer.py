@@ -7,7 +7,16 @@ import asyncio
 
 import pytest
 
+from relay.broker import OP_PREFIX, op_json, op_tail
 from relay.hub import Conn, Resumed, frames
+
+
+def test_both_brokers_forward_the_same_op_line() -> None:
+    """In-process lines are made whole; Redis ones as a head, the seq, and a tail."""
+    args = ("QUJD", 1_700_000_000, "dev-1", 1_700_000_005)
+    line = op_json(42, *args)
+    assert line == OP_PREFIX + "42" + op_tail(*args)
+    assert line.startswith('{"type":"crdt_operation","seq":42,"payload":"QUJD",')
 
 
 def test_frames_join_lines_up_to_the_limit_and_a_long_line_goes_alone() -> None:

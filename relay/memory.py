@@ -80,7 +80,9 @@ class MemoryBroker:
 
     async def append(self, book_ref: str, op: NewOp) -> Appended:
         book = self._book(book_ref)
-        seen = book.ids.setdefault(op.device_id, OrderedDict())
+        seen = book.ids.get(op.device_id)
+        if seen is None:  # not setdefault: that would make a dict per op to throw away
+            seen = book.ids[op.device_id] = OrderedDict()
         self._forget_old_ids(seen)
         if op.client_id is not None and op.client_id in seen:
             seq, relay_ts, _ = seen[op.client_id]

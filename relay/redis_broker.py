@@ -57,7 +57,6 @@ KEEP_EXTRA_S = 24 * 3600  # backlog keys outlive their newest op by max age + a 
 # subscriber drains, or Redis cuts the subscription and every socket resyncs.
 BUS_SHARE = 4
 BUS_BUDGET_DEFAULT = 8 * 1024 * 1024  # a quarter of Redis's default 32 MB
-OP_HEAD = OP_PREFIX  # what an op's line has before its seq
 # One script call carries at most this many appends / bytes of op text: bounds Redis's
 # time in one script, the size of one command and of one published message.
 MAX_BATCH_OPS = 256
@@ -187,7 +186,7 @@ class RedisBroker:
                         size += len(text)
                 if size:
                     self._received(book_ref, size)
-            lines = [f"{OP_HEAD}{at}{text}" for at, text in enumerate(texts, seq)]
+            lines = [f"{OP_PREFIX}{at}{text}" for at, text in enumerate(texts, seq)]
             sink.on_ops(book_ref, seq, origins, lines)
         elif kind == b"c":
             sink.on_control(book_ref, orjson.loads(data[1:]))
@@ -398,7 +397,7 @@ class RedisBroker:
         ep, seq, oldest, size, gap, start, entries = result
         head = Head(ep.decode(), int(seq), int(oldest), int(size))
         lines = [
-            raw.decode() if raw[:1] == b"{" else f"{OP_HEAD}{at}{raw.decode()}"  # (see READ)
+            raw.decode() if raw[:1] == b"{" else f"{OP_PREFIX}{at}{raw.decode()}"  # (see READ)
             for at, raw in enumerate(entries, start + 1)
         ]
         return History(head, int(start), bool(gap), lines)

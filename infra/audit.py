@@ -18,6 +18,7 @@ from typing import Any
 from infra.clock import Clock, rfc3339
 from infra.db import Database
 from infra.metrics import AUDIT_EVENTS
+from infra.periodic import every
 
 log = logging.getLogger("homepocket.audit")
 
@@ -183,13 +184,9 @@ class Audit:
             )
 
     async def purge_forever(self, every_s: float = 3600.0) -> None:
-        while True:
-            try:
-                removed = await self.purge()
-                if removed:
-                    log.info("audit purge", extra={"removed": removed})
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("audit purge failed")
-            await asyncio.sleep(every_s)
+        async def purge() -> None:
+            removed = await self.purge()
+            if removed:
+                log.info("audit purge", extra={"removed": removed})
+
+        await every(every_s, purge, failed="audit purge failed", log=log)

@@ -7,7 +7,6 @@ and never lets a joiner past `pending` without the generating device's confirm.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from infra.clock import Clock
 from infra.errors import ApiError, forbidden, validation
 from infra.ids import IdHasher
 from infra.members import Device, Members
+from infra.periodic import every
 from infra.ports import LiveChannel
 from pairing.store import (
     CONFIRMED,
@@ -213,14 +213,11 @@ class Pairing:
         return removed
 
     async def sweep_forever(self, every_s: float) -> None:
-        while True:
-            try:
-                removed = await self.sweep()
-                if removed:
-                    log.info("pairing sessions expired", extra={"removed": removed})
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("pairing sweep failed")
-                await asyncio.sleep(every_s * 4)
-            await asyncio.sleep(every_s)
+        async def sweep() -> None:
+            removed = await self.sweep()
+            if removed:
+                log.info("pairing sessions expired", extra={"removed": removed})
+
+        await every(
+            every_s, sweep, failed="pairing sweep failed", log=log, failure_pause_s=every_s * 4
+        )

@@ -6,12 +6,12 @@ every few seconds and at shutdown, so the per-message path never writes the data
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from infra.db import Database
+from infra.periodic import every
 
 log = logging.getLogger("homepocket.relay")
 FLUSH_INTERVAL_S = 2.0
@@ -82,11 +82,11 @@ class SyncRecords:
             raise
 
     async def flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("sync records flush failed; will retry")
+        await every(
+            FLUSH_INTERVAL_S,
+            self.flush,
+            failed="sync records flush failed; will retry",
+            log=log,
+            start_now=False,
+            trace=False,
+        )

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from infra.periodic import every
 from relay.broker import (
     IDEMPOTENCY_TTL_S,
     OP_PREFIX,
@@ -470,14 +471,14 @@ class RedisBroker:
             await self._reap(instance.decode())
 
     async def _beat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(BEAT_S)
-            try:
-                await self._beat()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("relay heartbeat failed; retrying")
+        await every(
+            BEAT_S,
+            self._beat,
+            failed="relay heartbeat failed; retrying",
+            log=log,
+            start_now=False,
+            trace=False,
+        )
 
     async def _reap(self, instance: str) -> None:
         """Forget a dead instance's sockets, once, and tell peers who went offline."""

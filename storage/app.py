@@ -23,6 +23,7 @@ from infra.clock import rfc3339
 from infra.context import Capability, Check, Infra, count_call, enforce
 from infra.envelope import no_content, ok
 from infra.errors import ApiError, forbidden
+from infra.periodic import every
 from infra.validate import BOOK_ID, integer, parse_object, read_body, required_string, string
 from storage.blobs import BlobStore, open_blob_store
 from storage.docs import BLOBS, PHOTOS
@@ -191,14 +192,11 @@ def photo_id_of(request: Request) -> str:
 
 
 async def sweep_forever(photos: Photos, every_s: float) -> None:
-    """Abandoned uploads and refused deletions, until cancelled; errors back off."""
-    while True:
-        try:
-            abandoned, deleted = await photos.sweep()
-            if abandoned or deleted:
-                log.info("storage sweep", extra={"abandoned": abandoned, "deleted": deleted})
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("storage sweep failed")
-        await asyncio.sleep(every_s)
+    """Abandoned uploads and refused deletions, until cancelled."""
+
+    async def sweep() -> None:
+        abandoned, deleted = await photos.sweep()
+        if abandoned or deleted:
+            log.info("storage sweep", extra={"abandoned": abandoned, "deleted": deleted})
+
+    await every(every_s, sweep, failed="storage sweep failed", log=log)

@@ -44,6 +44,7 @@ async def embedded_server(data_dir: Path) -> AsyncIterator[str]:
     import uvicorn
 
     from infra.app import create_app
+    from infra.serving import uvicorn_config
     from infra.settings import Settings
 
     with socket.socket() as s:
@@ -53,16 +54,8 @@ async def embedded_server(data_dir: Path) -> AsyncIterator[str]:
     settings = Settings(
         **{**base.__dict__, "host": "127.0.0.1", "port": port, "data_dir": data_dir}
     )
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        ws_ping_interval=None,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=2,
+    config = uvicorn_config(
+        create_app(settings), settings, ws_ping_interval=None, timeout_graceful_shutdown=2
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

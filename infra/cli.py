@@ -98,31 +98,14 @@ def _serve(settings: Settings) -> int:
 
     from infra.app import create_app
     from infra.logs import setup_logging
+    from infra.serving import uvicorn_config
 
     setup_logging(settings.log_level)
     if settings.sentry_dsn is not None:
         from infra.sentry import setup_sentry
 
         setup_sentry(str(settings.sentry_dsn))
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ws="websockets-sansio",  # measured: about twice the default's throughput
-        ws_per_message_deflate=False,  # ciphertext does not compress
-        # The relay's heartbeat (SPEC 4): ASGI apps cannot send ping frames, so uvicorn
-        # pings every interval and drops a peer whose pong is late past the timeout.
-        ws_ping_interval=settings.heartbeat_interval_s,
-        ws_ping_timeout=max(1.0, settings.heartbeat_timeout_s - settings.heartbeat_interval_s),
-        ws_max_size=settings.max_op_bytes * 4 // 3 + 4096,
-        loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
-        proxy_headers=False,  # TRUSTED_PROXIES decides, not uvicorn
-        server_header=False,
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=5,
-    )
+    config = uvicorn_config(create_app(settings), settings)
     # What exists now (modules, the app) lives as long as the process: out of the
     # collector's way, a full collection with thousands of sockets open pauses for
     # half as long (measured: 30-77 ms before, 18-36 ms after, at 1,000 sockets).
@@ -142,12 +125,6 @@ def _serve(settings: Settings) -> int:
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 
 from infra.app import create_app
+from infra.serving import uvicorn_config
 from infra.settings import Settings
 
 ID_HASH_KEY = "test-id-hash-key-0123456789abcdef0123456789abcdef"
@@ -124,26 +125,21 @@ def moto_s3() -> Iterator[str]:
 class InProcessServer:
     """The real app under a real uvicorn, on a loopback port, in the test's event loop."""
 
-    def __init__(self, settings: Settings, **app_kw: Any) -> None:
+    def __init__(
+        self, settings: Settings, uvicorn_options: dict[str, Any] | None = None, **app_kw: Any
+    ) -> None:
         self.port = free_port()
         self.settings = Settings(**{**settings.__dict__, "port": self.port, "host": "127.0.0.1"})
         self.app = create_app(self.settings, **app_kw)
-        self.config = uvicorn.Config(
+        self.config = uvicorn_config(
             self.app,
-            host="127.0.0.1",
-            port=self.port,
-            ws="websockets-sansio",
-            ws_per_message_deflate=False,
-            ws_ping_interval=self.settings.heartbeat_interval_s,
+            self.settings,
             ws_ping_timeout=max(
                 0.2, self.settings.heartbeat_timeout_s - self.settings.heartbeat_interval_s
             ),
-            log_config=None,
-            access_log=False,
             lifespan="on",
-            proxy_headers=False,  # as `serve` runs: TRUSTED_PROXIES decides, not uvicorn
             timeout_graceful_shutdown=2,
-            ws_max_size=self.settings.max_op_bytes * 4 // 3 + 4096,
+            **(uvicorn_options or {}),
         )
         self.server = uvicorn.Server(self.config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -1,0 +1,196 @@
+"""How the app is served: uvicorn's settings in one place, and its WebSocket protocol
+with a direct path for the relay's hot loop.
+
+`DirectWebSocket` is uvicorn's `websockets-sansio` protocol (frames parsed and built by
+the `websockets` library) plus the ASGI extension `homepocket.direct`. Through it, a
+socket app may
+
+- take text messages as they are parsed (`read_directly`): the callback handles a
+  message at once and returns True, or returns False and the message goes the usual
+  ASGI way (`receive()`), in order. Measured: the queue, the task switch and the
+  pause/resume of reading that `receive()` costs per message were a fifth of the
+  relay's CPU at full load.
+- write a text frame without a coroutine (`write_text`) while the transport has room.
+
+Everything else (handshake, close, ping/pong, size limits, backpressure) is uvicorn's.
+An app that ignores the extension gets plain ASGI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Opcode
+from websockets.protocol import State
+
+from infra.settings import Settings
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # a build without the C extension
+    from websockets.utils import apply_mask
+
+DIRECT = "homepocket.direct"
+OPCODE_TEXT = int(Opcode.TEXT)
+
+
+def frame_limit(max_op_bytes: int) -> int:
+    """The largest frame a peer may send: a whole op in base64, plus room for JSON."""
+    return max_op_bytes * 4 // 3 + 4096
+
+
+class DirectWebSocket(WebSocketsSansIOProtocol):
+    on_text: Callable[[str], bool] | None = None
+    # Whole, unfragmented, masked text frames are parsed here (the common case at full
+    # load: `websockets` spent 7.7 us on each, this 1.5 us); the library parses all
+    # else, and is fed only whole frames, so it is always between two frames. It gets
+    # everything from the first frame that would leave it mid-message (a fragment, a
+    # frame it will refuse) or when it parsed bytes of its own (a client that spoke
+    # before the handshake ended).
+    _fast = False
+    _partial = b""  # the start of a frame not yet whole
+
+    def data_received(self, data: bytes) -> None:
+        if not self._fast:
+            handshaking = not self.handshake_initiated
+            super().data_received(data)
+            # Nothing after the request's blank line: no frame bytes went to the library.
+            if handshaking and self.handshake_initiated and data.endswith(b"\r\n\r\n"):
+                self._fast = True
+            return
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        if self.conn.state is not State.OPEN or self.close_sent:  # early data, or closing
+            self._to_library(data)
+            return
+        limit = self.conn.max_message_size
+        pos, end = 0, len(data)
+        while pos < end:
+            if end - pos < 2:
+                break
+            head1, head2 = data[pos], data[pos + 1]
+            length, at = head2 & 0x7F, pos + 2
+            if length == 126:
+                length, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+            elif length == 127:
+                length, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+            whole = head1 & 0x80 and not head1 & 0x70 and head2 & 0x80  # FIN, no RSV, masked
+            if not whole or (limit is not None and length > limit) or at > end:
+                if at > end and whole:
+                    break  # the extended length is not all here yet
+                self._to_library(data[pos:])
+                return
+            stop = at + 4 + length
+            if stop > end:
+                break
+            opcode = head1 & 0x0F
+            if opcode == OPCODE_TEXT:
+                self.curr_msg_data_type = "text"
+                self.frames = [apply_mask(data[at + 4 : stop], data[at : at + 4])]
+                self.send_receive_event_to_app()
+            else:  # a control or binary frame, whole: the library stays between frames
+                super().data_received(data[pos:stop])
+            pos = stop
+            if self.conn.state is not State.OPEN or self.close_sent:
+                self._to_library(data[pos:])
+                return
+        if pos < end:
+            self._partial = data[pos:]
+
+    def _to_library(self, data: bytes) -> None:
+        self._fast = False
+        if data:
+            super().data_received(data)
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None and not self.close_sent:  # the app's task has not run yet
+            scope["extensions"][DIRECT] = {"socket": self}
+
+    def read_directly(self, on_text: Callable[[str], bool]) -> None:
+        self.on_text = on_text
+
+    def send_receive_event_to_app(self) -> None:
+        on_text = self.on_text
+        # Straight to the app only while nothing waits in the queue: order is kept.
+        if (
+            on_text is None
+            or self.curr_msg_data_type != "text"
+            or self.close_sent
+            or not self.queue.empty()
+        ):
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        try:
+            text = (frames[0] if len(frames) == 1 else b"".join(frames)).decode()
+        except UnicodeDecodeError:
+            super().send_receive_event_to_app()  # uvicorn's answer: close with 1007
+            return
+        try:
+            handled = on_text(text)
+        except Exception as exc:  # a failing app closes the socket, as in run_asgi
+            self.logger.warning("websocket handler failed: %s", type(exc).__name__)
+            self.frames = []
+            self.on_text = None
+            self.transport.close()
+            return
+        if handled:
+            self.frames = []
+        else:
+            super().send_receive_event_to_app()
+
+    def write_text(self, text: str) -> bool:
+        """Send one text frame now; False when it must wait (the transport is full or
+        the socket closing): then use the ASGI `send`, which waits or raises."""
+        if (
+            self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+        ):
+            return False
+        data = text.encode()
+        n = len(data)
+        # A server's frame: FIN + text, unmasked, then the length (RFC 6455 s.5.2).
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:
+            head = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            head = b"\x81\x7f" + n.to_bytes(8, "big")
+        self.transport.writelines((head, data))
+        return True
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The server as `serve` runs it; tests and the demo change only what they must."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "ws": DirectWebSocket,
+        "ws_per_message_deflate": False,  # ciphertext does not compress
+        # The relay's heartbeat (SPEC 4): ASGI apps cannot send ping frames, so uvicorn
+        # pings every interval and drops a peer whose pong is late past the timeout.
+        "ws_ping_interval": settings.heartbeat_interval_s,
+        "ws_ping_timeout": max(1.0, settings.heartbeat_timeout_s - settings.heartbeat_interval_s),
+        "ws_max_size": frame_limit(settings.max_op_bytes),
+        "loop": "uvloop" if _has("uvloop") else "asyncio",
+        "http": "httptools" if _has("httptools") else "h11",
+        "proxy_headers": False,  # TRUSTED_PROXIES decides, not uvicorn
+        "server_header": False,
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": 5,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

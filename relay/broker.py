@@ -131,7 +131,6 @@ class Sink(Protocol):
 
 class Broker(Protocol):
     instance: str  # this process's random id, prefix of its connection ids
-    pipelined: bool  # appends take a round trip: a socket may have several in flight
 
     async def start(self, sink: Sink) -> None: ...
 
@@ -143,10 +142,15 @@ class Broker(Protocol):
         """Assign the next seq, keep the op in the backlog and publish it: one atomic step."""
         ...
 
+    def queue_append(self, book_ref: str, op: NewOp, done: Done) -> bool:
+        """`append` without waiting for it, if it needs no wait: False (and nothing
+        done) when it does. `done` gets the outcome, at once or later; appends are
+        answered in the order they were queued."""
+        ...
+
     async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
-        """`append` without waiting for it: returns once the op is queued (pipelined
-        brokers may hold it while the bus is too far behind); `done` is called with the
-        outcome later, in the order the appends were queued."""
+        """`queue_append`, waiting first where it must (a pipelined broker holds an op
+        while the bus is too far behind)."""
         ...
 
     async def history(self, book_ref: str, since: int, epoch: str | None, limit: int) -> History:

@@ -30,6 +30,20 @@ class OpBudget:
         self.block = max(1, min(MAX_BLOCK, item.amount // 20)) if item is not None else 0
         self.left = 0
 
+    def spend_now(self) -> bool:
+        """Spend one op of the block in hand; False when there is none (ask `spend`)."""
+        if not self.enabled:
+            return True
+        if self.left > 0:
+            self.left -= 1
+            return True
+        return False
+
+    def unspend(self) -> None:
+        """Give back what `spend_now` took: the op was not sent after all."""
+        if self.enabled:
+            self.left += 1
+
     async def spend(self) -> ApiError | None:
         """None when the op may go; else the RATE_LIMIT_EXCEEDED error to send."""
         if not self.enabled:

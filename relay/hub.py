@@ -18,7 +18,9 @@ from typing import Any, cast
 import orjson
 
 from infra.metrics import RELAY_DELIVERIES, WS_CLOSES
+from infra.serving import DirectWebSocket
 from relay.broker import Broker
+from relay.budget import OpBudget
 
 log = logging.getLogger("homepocket.relay")
 
@@ -95,6 +97,8 @@ class Conn:
         "_writer",
         "appending",
         "book_ref",
+        "budget",
+        "busy",
         "closed",
         "conn_id",
         "device_id",
@@ -113,6 +117,7 @@ class Conn:
         "queue_limit",
         "reader",
         "send",
+        "wire",
     )
 
     def __init__(
@@ -147,6 +152,10 @@ class Conn:
         self.appending: asyncio.Future[None] | None = None  # the reader waits for an answer
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        # The direct side of uvicorn's socket (infra.serving), None under another server.
+        self.wire: DirectWebSocket | None = None
+        self.budget: OpBudget | None = None  # RATE_LIMIT_WS_OPS, made on the first message
+        self.busy = False  # the session is handling a message it read
 
     async def reserve_append(self) -> None:
         """Wait for room among this socket's appends in flight (pipelined brokers)."""
@@ -271,12 +280,19 @@ class Conn:
         self.flush_due = False
         if self._writer is not None or self.closed is not None or self.finished:
             return
+        wire = self.wire
         while self.out:
             lines, self.out = self.out, []
             texts = frames(lines, self.frame_limit)
             for at, (text, count, size) in enumerate(texts):
                 self.out_bytes -= size
                 RELAY_DELIVERIES.inc(count)
+                try:
+                    if wire is not None and wire.write_text(text):
+                        continue
+                except Exception:  # the peer went away mid-send; the reader sees it
+                    self.finish()
+                    return
                 # An ASGI server's send is a coroutine function.
                 sending = cast(Sending, self.send({"type": "websocket.send", "text": text}))
                 try:

@@ -46,7 +46,6 @@ class _Book:
 class MemoryBroker:
     def __init__(self, limits: BacklogLimits, clock: Clock) -> None:
         self.instance = secrets.token_hex(8)
-        self.pipelined = False  # appends never wait: nothing to overlap
         self._limits = limits
         self._clock = clock
         self._books: dict[str, _Book] = {}
@@ -79,6 +78,21 @@ class MemoryBroker:
             book.oldest += 1
 
     async def append(self, book_ref: str, op: NewOp) -> Appended:
+        return self._append(book_ref, op)
+
+    def queue_append(self, book_ref: str, op: NewOp, done: Done) -> bool:
+        result: Appended | Exception
+        try:
+            result = self._append(book_ref, op)
+        except Exception as exc:
+            result = exc
+        done(result)
+        return True
+
+    async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
+        self.queue_append(book_ref, op, done)
+
+    def _append(self, book_ref: str, op: NewOp) -> Appended:
         book = self._book(book_ref)
         seen = book.ids.get(op.device_id)
         if seen is None:  # not setdefault: that would make a dict per op to throw away
@@ -98,14 +112,6 @@ class MemoryBroker:
         if self._sink is not None:
             self._sink.on_op(book_ref, op.origin, seq, line)
         return Appended(seq, op.now, duplicate=False)
-
-    async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
-        result: Appended | Exception
-        try:
-            result = await self.append(book_ref, op)
-        except Exception as exc:
-            result = exc
-        done(result)
 
     @staticmethod
     def _forget_old_ids(seen: OrderedDict[str, tuple[int, int, float]]) -> None:

@@ -85,7 +85,6 @@ class RedisBroker:
         self, redis: Callable[[], Any], url: str, limits: BacklogLimits, clock: Clock
     ) -> None:
         self.instance = secrets.token_hex(8)
-        self.pipelined = True  # a round trip per append: overlap them
         self._url = url
         self._redis_factory = redis
         self._limits = limits
@@ -194,13 +193,6 @@ class RedisBroker:
 
     # Backpressure: our own ops in flight on the bus, per book (a book we stop listening
     # to, or a lost subscription, forgets its count: those ops will never come back).
-    async def _reserve(self, book_ref: str, size: int) -> None:
-        while self._unreceived_total >= self._budget:
-            self._room.clear()
-            await self._room.wait()
-        self._unreceived[book_ref] = self._unreceived.get(book_ref, 0) + size
-        self._unreceived_total += size
-
     def _received(self, book_ref: str, size: int) -> None:
         held = self._unreceived.get(book_ref, 0)
         size = min(held, size)
@@ -258,20 +250,32 @@ class RedisBroker:
             raise result
         return result
 
-    async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
-        """Queue the append into this loop turn's batch; `done` gets the result (or the
-        exception) later, appends answered in the order they were queued."""
+    def queue_append(self, book_ref: str, op: NewOp, done: Done) -> bool:
+        """Into this loop turn's batch, unless the bus is too far behind (False)."""
         tail = op_tail(op.payload, op.timestamp, op.device_id, op.now)
-        held = 0
-        # Only our sockets' ops on a book we listen to come back to us to be counted.
+        held = self._held(book_ref, op, tail)
+        if held and self._unreceived_total >= self._budget:
+            return False
+        if held:
+            self._unreceived[book_ref] = self._unreceived.get(book_ref, 0) + held
+            self._unreceived_total += held
+        self._enqueue((book_ref, op, tail, done, held))
+        return True
+
+    async def append_then(self, book_ref: str, op: NewOp, done: Done) -> None:
+        while not self.queue_append(book_ref, op, done):
+            self._room.clear()
+            await self._room.wait()
+
+    def _held(self, book_ref: str, op: NewOp, tail: str) -> int:
+        """What the op holds of the bus budget until it comes back to us: only our
+        sockets' ops on a book we listen to come back to be counted."""
         if book_ref in self._listening and op.origin.startswith(self._origin_prefix):
-            held = len(tail)  # the payload is ASCII: characters are bytes
-            if self._unreceived_total < self._budget:
-                self._unreceived[book_ref] = self._unreceived.get(book_ref, 0) + held
-                self._unreceived_total += held
-            else:
-                await self._reserve(book_ref, held)
-        day = op.now // DAY_S
+            return len(tail)  # the payload is ASCII: characters are bytes
+        return 0
+
+    def _enqueue(self, entry: _Entry) -> None:
+        day = entry[1].now // DAY_S
         if self._batch and day != self._batch_day:
             self._flush()  # a batch never spans two days (one pair of id keys per device)
         if not self._batch:
@@ -279,8 +283,8 @@ class RedisBroker:
             if not self._flush_soon:
                 self._flush_soon = True
                 asyncio.get_running_loop().call_soon(self._flush_now)
-        self._batch.append((book_ref, op, tail, done, held))
-        self._batch_bytes += len(tail)
+        self._batch.append(entry)
+        self._batch_bytes += len(entry[2])
         if len(self._batch) >= MAX_BATCH_OPS or self._batch_bytes >= MAX_BATCH_BYTES:
             self._flush()
 

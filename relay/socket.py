@@ -85,11 +85,12 @@ from starlette.websockets import WebSocket
 from infra.context import Infra, count_call, record_refusal
 from infra.errors import ApiError, invalid_token
 from infra.metrics import RELAY_SYNC_GAPS
+from infra.serving import DIRECT, frame_limit
 from infra.validate import BOOK_ID
 from relay import ops
 from relay.broker import Appended, Broker, NewOp
 from relay.budget import OpBudget
-from relay.hub import MALFORMED, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
+from relay.hub import MALFORMED, MAX_INFLIGHT, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
 from relay.records import SyncRecords
 
 log = logging.getLogger("homepocket.relay")
@@ -106,11 +107,6 @@ class Refused(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-def frame_limit(max_op_bytes: int) -> int:
-    """The largest frame a peer may send: a whole op in base64, plus room for JSON."""
-    return max_op_bytes * 4 // 3 + 4096
 
 
 class RelaySocket:
@@ -148,9 +144,11 @@ class RelaySocket:
             await ws.close(refused.code, refused.reason)
             return None
         await ws.accept(subprotocol)
+        direct = scope["extensions"].get(DIRECT) if scope.get("extensions") else None
         conn = Conn(
             send, self.hub.new_conn_id(), device_id, book_ref, self.frame_limit, self.queue_limit
         )
+        conn.wire = direct["socket"] if direct else None
         return conn, ws.path_params["book_id"], exp, since, epoch
 
     async def _admit(
@@ -216,6 +214,8 @@ class RelaySocket:
             attached = True
             await self._welcome(conn, book_id)
             await self._replay(conn, since, epoch)
+            if conn.wire is not None:
+                conn.wire.read_directly(partial(self._now, conn))
             end = await self._read_until_finished(receive, conn)
         finally:
             if conn.expiry is not None:
@@ -318,9 +318,10 @@ class RelaySocket:
 
     async def _read(self, receive: Receive, conn: Conn) -> int | None:
         """Handle the peer's frames until it leaves (its close code) or the socket closes."""
-        budget: OpBudget | None = None
         while conn.closed is None:
+            conn.busy = False
             message = await receive()
+            conn.busy = True  # ops parsed meanwhile wait their turn (see `_now`)
             if message["type"] == "websocket.disconnect":
                 code: int | None = message.get("code")
                 return code
@@ -328,8 +329,8 @@ class RelaySocket:
             if text is None or len(text) > self.frame_limit:
                 conn.close(*MALFORMED) if text is None else conn.close(1009, "PAYLOAD_TOO_LARGE")
                 return None
-            if budget is None:  # made on the first message: idle sockets never need one
-                budget = OpBudget(self.infra.limiter, conn.device_id)
+            if conn.budget is None:  # made on the first message: idle sockets need none
+                conn.budget = OpBudget(self.infra.limiter, conn.device_id)
             # One message per frame is the common case: no split, no copy.
             for line in text.split("\n") if "\n" in text else (text,):
                 if not line or line.isspace():
@@ -341,7 +342,7 @@ class RelaySocket:
                 if not isinstance(msg, dict):
                     conn.close(*MALFORMED)
                     return None
-                await self._handle(msg, conn, budget)
+                await self._handle(msg, conn, conn.budget)
                 if conn.closed is not None:
                     return None
         return None
@@ -383,14 +384,6 @@ class RelaySocket:
         if refused is not None:
             raise refused
         op = NewOp(conn.device_id, client_id, payload, timestamp, conn.conn_id, now)
-        if not self.broker.pipelined:
-            result: Appended | Exception
-            try:
-                result = await self.broker.append(conn.book_ref, op)
-            except Exception as exc:
-                result = exc
-            self._append(conn, op, result)
-            return
         # Don't wait for the broker's round trip before reading the next op: appends of one
         # socket queue in order (so do their seqs and acks), at most MAX_INFLIGHT at once,
         # and are answered from the broker's callback (no task per op).
@@ -403,8 +396,7 @@ class RelaySocket:
 
     def _append(self, conn: Conn, op: NewOp, result: Appended | Exception) -> None:
         """The broker's answer to one op: its ack, or an error when it was not kept."""
-        if self.broker.pipelined:
-            conn.appended()
+        conn.appended()
         if isinstance(result, Exception):  # the broker failed (down, out of memory)
             # Neither kept nor acked: the client's offline queue retries it.
             log.warning("relay broker unavailable", extra={"error_type": type(result).__name__})
@@ -425,6 +417,38 @@ class RelaySocket:
             "relay_timestamp": result.relay_timestamp,
         }
         conn.push_control(dumps(ack))
+
+    def _now(self, conn: Conn, text: str) -> bool:
+        """Handle a frame as it is parsed, outside any task, when it is one op that needs
+        no wait: no earlier message still being handled, budget in hand, room among the
+        appends in flight, and a broker that takes it at once. Anything else (and any
+        invalid op) is left untouched (False) for `_read`, which answers it in order.
+        The common case at full load; it spares a queue and a task switch per op."""
+        if conn.busy or conn.closed is not None or "\n" in text or len(text) > self.frame_limit:
+            return False
+        budget = conn.budget
+        if budget is None or conn.inflight >= MAX_INFLIGHT:
+            return False
+        try:
+            msg = orjson.loads(text)
+            if type(msg) is not dict or msg.get("type") != "crdt_operation":
+                return False
+            now = self.infra.now()
+            client_id = ops.client_id(msg)
+            payload, timestamp = ops.payload_and_timestamp(
+                msg, self.infra.settings.max_op_bytes, now
+            )
+        except (orjson.JSONDecodeError, ApiError):
+            return False
+        if not budget.spend_now():
+            return False
+        op = NewOp(conn.device_id, client_id, payload, timestamp, conn.conn_id, now)
+        conn.inflight += 1
+        if not self.broker.queue_append(conn.book_ref, op, partial(self._append, conn, op)):
+            conn.inflight -= 1
+            budget.unspend()
+            return False
+        return True
 
     async def _reauth(self, msg: dict[str, Any], conn: Conn) -> None:
         token = msg.get("token")

@@ -390,3 +390,31 @@ async def test_slow_reader_is_cut_with_1013_and_resumes_losing_nothing(
         assert seqs == list(range(1, acked + 1))
         await pa.close()
         await resumed.close()
+
+
+async def test_the_relay_keeps_its_contract_under_plain_uvicorn_websockets(
+    settings: Settings,
+) -> None:
+    """Without the direct path of `infra.serving` (another ASGI server, say), every
+    message goes through ASGI `receive` and `send`: same answers, same order."""
+    async with (
+        InProcessServer(settings, uvicorn_options={"ws": "websockets-sansio"}) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+    ):
+        book_id, (a, b) = await make_book(client, settings, 2)
+        pa = await open_peer(server.ws_url, book_id, a)
+        pb = await open_peer(server.ws_url, book_id, b)
+        for p in (pa, pb):
+            await p.recv_type("sync_complete")
+        sent = [payload(50 + i) for i in range(20)]
+        for i, data in enumerate(sent):
+            await pa.op(data, id=f"op-{i}")
+        await pa.op(sent[3], id="op-3")  # a retry: acked with its first seq, not relayed
+        acks = [await pa.recv_type("ack") for _ in range(21)]
+        assert [x["seq"] for x in acks] == [*range(1, 21), 4]
+        got = [await pb.recv_type("crdt_operation") for _ in sent]
+        assert [g["payload"] for g in got] == sent
+        assert [g["seq"] for g in got] == list(range(1, 21))
+        await pb.nothing()
+        for p in (pa, pb):
+            await p.close()

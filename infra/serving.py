@@ -95,6 +95,8 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
             else:  # a control or binary frame, whole: the library stays between frames
                 super().data_received(data[pos:stop])
             pos = stop
+            if self.transport.is_closing():  # closed by uvicorn: what follows is moot
+                return
             if self.conn.state is not State.OPEN or self.close_sent:
                 self._to_library(data[pos:])
                 return

@@ -4,12 +4,12 @@ agreement with the server: its routes, port, heartbeat, variables and metrics.""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from infra.serving import uvicorn_config
 from infra.settings import Settings
 from tests.deploy.conftest import K8S_DIR, KUBERNETES_VERSION, SDK_VARIABLES, Tools, container
 
@@ -137,11 +137,10 @@ def test_shutdown_leaves_time_to_close_sockets_with_1012(manifests: dict[str, An
     pre_stop = container(manifests["Deployment"])["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     drain_s = int(pre_stop[1])
-    # uvicorn's graceful-shutdown bound, as the CLI configures it.
-    cli = (Path(__file__).resolve().parents[2] / "infra" / "cli.py").read_text()
-    match = re.search(r"timeout_graceful_shutdown=(\d+)", cli)
-    assert match, "infra/cli.py no longer bounds the graceful shutdown"
-    close_s = int(match.group(1))
+    # uvicorn's graceful-shutdown bound, as `serve` configures it.
+    served = uvicorn_config(None, Settings.from_env(environ={}, env_file=None))
+    close_s = served.timeout_graceful_shutdown
+    assert close_s is not None, "serve no longer bounds the graceful shutdown"
     grace = spec["terminationGracePeriodSeconds"]
     assert grace >= drain_s + close_s + 10, "no room for the 1012 closes"
     alb = manifests["Ingress"]["metadata"]["annotations"]

@@ -29,7 +29,6 @@ import orjson
 from infra.periodic import every
 from relay.broker import (
     IDEMPOTENCY_TTL_S,
-    OP_PREFIX,
     Appended,
     BacklogLimits,
     Clock,
@@ -39,6 +38,7 @@ from relay.broker import (
     NewOp,
     Sink,
     new_epoch,
+    op_line,
     op_tail,
 )
 from relay.redis_scripts import APPEND_BATCH, READ, TAKE_REFUND
@@ -105,7 +105,6 @@ class RedisBroker:
         self._listening: set[str] = set()  # books whose channel we subscribe to
         self._batch: list[_Entry] = []  # appends asked for in this loop turn
         self._batch_bytes = 0
-        self._batch_day = 0
         self._flush_soon = False
         self._in_flight = 0  # batches sent, not yet answered
 
@@ -186,7 +185,7 @@ class RedisBroker:
                         size += len(text)
                 if size:
                     self._received(book_ref, size)
-            lines = [f"{OP_PREFIX}{at}{text}" for at, text in enumerate(texts, seq)]
+            lines = [op_line(at, text) for at, text in enumerate(texts, seq)]
             sink.on_ops(book_ref, seq, origins, lines)
         elif kind == b"c":
             sink.on_control(book_ref, orjson.loads(data[1:]))
@@ -239,8 +238,20 @@ class RedisBroker:
     # Backlog.
     def _base_args(self, now: int) -> list[Any]:
         lim = self._limits
-        keep = lim.max_age_s + KEEP_EXTRA_S
-        return [self._run_id, new_epoch(), now, lim.max_ops, lim.max_bytes, lim.max_age_s, keep]
+        return [
+            self._run_id,
+            new_epoch(),
+            now,
+            lim.max_ops,
+            lim.max_bytes,
+            lim.max_age_s,
+            self._keep_s,
+        ]
+
+    @property
+    def _keep_s(self) -> int:
+        """How long a book's keys outlive their last write."""
+        return self._limits.max_age_s + KEEP_EXTRA_S
 
     async def append(self, book_ref: str, op: NewOp) -> Appended:
         future: asyncio.Future[Appended | Exception] = asyncio.get_running_loop().create_future()
@@ -275,11 +286,10 @@ class RedisBroker:
         return 0
 
     def _enqueue(self, entry: _Entry) -> None:
-        day = entry[1].now // DAY_S
-        if self._batch and day != self._batch_day:
+        batch = self._batch
+        if batch and entry[1].now // DAY_S != batch[0][1].now // DAY_S:
             self._flush()  # a batch never spans two days (one pair of id keys per device)
         if not self._batch:
-            self._batch_day = day
             if not self._flush_soon:
                 self._flush_soon = True
                 asyncio.get_running_loop().call_soon(self._flush_now)
@@ -308,7 +318,7 @@ class RedisBroker:
             else:
                 group.append(i)
         lim = self._limits
-        day = self._batch_day
+        day = batch[0][1].now // DAY_S
         keys: list[Arg] = []
         id_keys: list[Arg] = []
         args: list[Arg] = [
@@ -317,12 +327,13 @@ class RedisBroker:
             lim.max_ops,
             lim.max_bytes,
             lim.max_age_s,
-            lim.max_age_s + KEEP_EXTRA_S,
+            self._keep_s,
             2 * IDEMPOTENCY_TTL_S,
             len(books),
         ]
         first_id_key = 3 * len(books) + 1
-        order: list[int] = []  # the batch's places in the script's (book by book) order
+        where = [0] * len(batch)  # each entry's place in the reply (book by book)
+        answered = 0
         for book_ref, places in books.items():
             prefix = PREFIX + book_ref + ":"
             keys += (prefix + "m", prefix + "l", prefix + "t")
@@ -336,10 +347,8 @@ class RedisBroker:
                     id_of = f"{prefix}i:{op.device_id}:"
                     id_keys += (id_of + str(day), id_of + str(day - 1))
                 args += (op.client_id or "", tail, op.origin, f"{op.now}:{len(tail)}", k)
-            order += places
-        where = [0] * len(batch)  # the reply's place of each entry
-        for at_reply, place in enumerate(order):
-            where[place] = 2 * at_reply
+                where[place] = 2 * answered
+                answered += 1
         rest = (len(keys) + len(id_keys), *keys, *id_keys, *args)
         command = pack(b"EVALSHA", self._sha["append"], *rest)
         self._in_flight += 1
@@ -402,7 +411,7 @@ class RedisBroker:
         ep, seq, oldest, size, gap, start, entries = result
         head = Head(ep.decode(), int(seq), int(oldest), int(size))
         lines = [
-            raw.decode() if raw[:1] == b"{" else f"{OP_PREFIX}{at}{raw.decode()}"  # (see READ)
+            raw.decode() if raw[:1] == b"{" else op_line(at, raw.decode())  # (see READ)
             for at, raw in enumerate(entries, start + 1)
         ]
         return History(head, int(start), bool(gap), lines)

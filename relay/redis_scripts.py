@@ -90,7 +90,7 @@ local run, now = ARGV[1], tonumber(ARGV[2])
 local max_ops, max_bytes, max_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local keep, id_ttl = tonumber(ARGV[6]), ARGV[7]
 local out = {}
-local fresh = {}  -- KEYS index -> {client id -> "seq:time:epoch"} written by this batch
+local fresh = {}  -- KEYS index -> {client id -> "seq:time:size:epoch"} written by this batch
 local a = 9
 for b = 0, tonumber(ARGV[8]) - 1 do
   local mk, lk, tk = KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]
@@ -131,8 +131,8 @@ for b = 0, tonumber(ARGV[8]) - 1 do
     local cid, t, k = ARGV[i], ARGV[i + 3], tonumber(ARGV[i + 4])
     local dup = false
     if cid ~= '' then
-      local prior = (fresh[k] and fresh[k][cid]) or known[k][cid]
-        or (fresh[k + 1] and fresh[k + 1][cid]) or known[k + 1][cid]
+      -- (this batch writes only today's key: a batch never spans two days)
+      local prior = (fresh[k] and fresh[k][cid]) or known[k][cid] or known[k + 1][cid]
       if prior then
         -- "seq:time:size:epoch" (or "seq:time:epoch", as stored before)
         local ps, pt = string.match(prior, '^(%d+):(%d+):')

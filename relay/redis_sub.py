@@ -48,8 +48,7 @@ class Subscriber:
                 await self._task
         proto, self._proto = self._proto, None
         if proto is not None:
-            proto.on_lost = proto.on_reply = _nothing
-            proto.close()
+            proto.abandon()
 
     async def _connect(self) -> None:
         self._dropped.clear()
@@ -107,7 +106,3 @@ class Subscriber:
             for future in self._waiting.pop(chan, []):
                 if not future.done():
                     future.set_result(None)
-
-
-def _nothing(*_: Any) -> None:
-    return None

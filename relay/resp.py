@@ -73,6 +73,11 @@ class RespProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()  # connection_lost follows
 
+    def abandon(self) -> None:
+        """Close a connection that is done with: its late replies and its end go nowhere."""
+        self.on_lost = self.on_reply = _nothing
+        self.close()
+
 
 async def connect(
     url: str, select_db: bool, on_reply: OnReply, on_lost: Callable[[], None]
@@ -181,8 +186,7 @@ class CommandConnection:
                 self._fail(ConnectionError("Redis connection failed"))
             return
         if self._connecting is not me:  # given up on meanwhile
-            proto.on_lost = proto.on_reply = _nothing
-            proto.close()
+            proto.abandon()
             return
         self._connecting = None
         unsent, self._unsent = self._unsent, []
@@ -191,11 +195,7 @@ class CommandConnection:
             proto.write(b"".join(unsent))
 
     def _on_reply(self, reply: Any) -> None:
-        on_reply, _ = self._waiting.popleft()
-        try:
-            on_reply(reply)
-        except Exception:
-            log.exception("redis reply handling failed")
+        _tell(self._waiting.popleft()[0], reply)
 
     async def _watch(self) -> None:
         """A hung Redis must not hold appends forever: fail them, reconnect on the next
@@ -210,9 +210,7 @@ class CommandConnection:
     def _lost(self) -> None:
         proto, self._proto = self._proto, None
         if proto is not None:
-            proto.on_lost = _nothing  # this connection is done with; its close is quiet
-            proto.on_reply = _nothing
-            proto.close()
+            proto.abandon()
         if self._connecting is not None:
             self._connecting.cancel()  # fails what waits for it
             self._connecting = None
@@ -222,11 +220,7 @@ class CommandConnection:
         self._unsent.clear()
         waiting = self._waiting
         while waiting:
-            on_reply, _ = waiting.popleft()
-            try:
-                on_reply(error)
-            except Exception:
-                log.exception("redis reply handling failed")
+            _tell(waiting.popleft()[0], error)
 
     async def close(self) -> None:
         self._closed = True
@@ -237,6 +231,13 @@ class CommandConnection:
                     await task
         self._connecting = self._watchdog = None
         self._lost()
+
+
+def _tell(on_reply: OnReply, reply: Any) -> None:
+    try:
+        on_reply(reply)
+    except Exception:
+        log.exception("redis reply handling failed")
 
 
 def _nothing(*_: Any) -> None:

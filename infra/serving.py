@@ -18,7 +18,6 @@ An app that ignores the extension gets plain ASGI.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -89,9 +88,7 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
                 break
             opcode = head1 & 0x0F
             if opcode == OPCODE_TEXT:
-                self.curr_msg_data_type = "text"
-                self.frames = [apply_mask(data[at + 4 : stop], data[at : at + 4])]
-                self.send_receive_event_to_app()
+                self._text(apply_mask(data[at + 4 : stop], data[at : at + 4]))
             else:  # a control or binary frame, whole: the library stays between frames
                 super().data_received(data[pos:stop])
             pos = stop
@@ -118,34 +115,35 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
         self.on_text = on_text
 
     def send_receive_event_to_app(self) -> None:
+        """A message the library parsed (fragments joined)."""
+        if self.curr_msg_data_type != "text":
+            super().send_receive_event_to_app()
+            return
+        frames, self.frames = self.frames, []
+        self._text(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _text(self, data: bytes) -> None:
+        """One text message: to the app as it is parsed if it takes it, else queued for
+        `receive()` (or refused) as uvicorn does."""
         on_text = self.on_text
         # Straight to the app only while nothing waits in the queue: order is kept.
-        if (
-            on_text is None
-            or self.curr_msg_data_type != "text"
-            or self.close_sent
-            or not self.queue.empty()
-        ):
-            super().send_receive_event_to_app()
-            return
-        frames = self.frames
-        try:
-            text = (frames[0] if len(frames) == 1 else b"".join(frames)).decode()
-        except UnicodeDecodeError:
-            super().send_receive_event_to_app()  # uvicorn's answer: close with 1007
-            return
-        try:
-            handled = on_text(text)
-        except Exception as exc:  # a failing app closes the socket, as in run_asgi
-            self.logger.warning("websocket handler failed: %s", type(exc).__name__)
-            self.frames = []
-            self.on_text = None
-            self.transport.close()
-            return
-        if handled:
-            self.frames = []
-        else:
-            super().send_receive_event_to_app()
+        if on_text is not None and not self.close_sent and self.queue.empty():
+            try:
+                text: str | None = data.decode()
+            except UnicodeDecodeError:
+                text = None  # uvicorn's answer follows: close with 1007
+            if text is not None:
+                try:
+                    if on_text(text):
+                        return
+                except Exception as exc:  # a failing app closes the socket, as in run_asgi
+                    self.logger.warning("websocket handler failed: %s", type(exc).__name__)
+                    self.on_text = None
+                    self.transport.close()
+                    return
+        self.curr_msg_data_type = "text"
+        self.frames = [data]
+        super().send_receive_event_to_app()
 
     def write_text(self, text: str) -> bool:
         """Send one text frame now; False when it must wait (the transport is full or
@@ -182,8 +180,6 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "ws_ping_interval": settings.heartbeat_interval_s,
         "ws_ping_timeout": max(1.0, settings.heartbeat_timeout_s - settings.heartbeat_interval_s),
         "ws_max_size": frame_limit(settings.max_op_bytes),
-        "loop": "uvloop" if _has("uvloop") else "asyncio",
-        "http": "httptools" if _has("httptools") else "h11",
         "proxy_headers": False,  # TRUSTED_PROXIES decides, not uvicorn
         "server_header": False,
         "access_log": False,
@@ -192,7 +188,3 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None

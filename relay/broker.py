@@ -43,17 +43,14 @@ def op_tail(payload: str, timestamp: int, device_id: str, relay_timestamp: int) 
     return "," + tail[1:].decode()
 
 
+def op_line(seq: int, tail: str) -> str:
+    """The whole forwarded op: its head and seq, then its `op_tail`."""
+    return f"{OP_PREFIX}{seq}{tail}"
+
+
 def op_json(seq: int, payload: str, timestamp: int, device_id: str, relay_timestamp: int) -> str:
-    """The whole forwarded op, when its seq is known here (one serialisation, not two)."""
-    op = {
-        "type": "crdt_operation",
-        "seq": seq,
-        "payload": payload,
-        "timestamp": timestamp,
-        "device_id": device_id,
-        "relay_timestamp": relay_timestamp,
-    }
-    return orjson.dumps(op).decode()
+    """The whole forwarded op, when its seq is known where it is serialised."""
+    return op_line(seq, op_tail(payload, timestamp, device_id, relay_timestamp))
 
 
 class NewOp(NamedTuple):  # a tuple: made once per op, a frozen dataclass costs 4x

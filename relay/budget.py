@@ -46,10 +46,7 @@ class OpBudget:
 
     async def spend(self) -> ApiError | None:
         """None when the op may go; else the RATE_LIMIT_EXCEEDED error to send."""
-        if not self.enabled:
-            return None
-        if self.left > 0:
-            self.left -= 1
+        if self.spend_now():
             return None
         try:
             verdict = await self.limiter.hit(NAME, self.device_id, cost=self.block)

@@ -20,7 +20,7 @@ from infra.envelope import ok
 from infra.errors import ApiError
 from infra.validate import BOOK_ID, parse_object, read_body, required_string
 from relay import ops
-from relay.broker import Broker, NewOp
+from relay.broker import Broker
 from relay.hub import Hub
 from relay.records import SyncRecords
 
@@ -44,12 +44,10 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
         book_id = required_string(body, "book_id", pattern=BOOK_ID, max_len=128)
         book_ref = infra.auth.require_member(caller, book_id)
         now = infra.now()
-        client_id = ops.client_id(body)
-        payload, timestamp = ops.payload_and_timestamp(body, s.max_op_bytes, now)
-        op = NewOp(caller.device_id, client_id, payload, timestamp, "", now)
+        op = ops.new_op(body, caller.device_id, "", s.max_op_bytes, now)
         done = await broker.append(book_ref, op)
         if not done.duplicate:
-            records.count(book_ref, len(payload), now)
+            records.count(book_ref, len(op.payload), now)
 
         return ok(request, {"seq": done.seq, "relay_timestamp": done.relay_timestamp}, 202)
 

@@ -13,14 +13,16 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
 from infra.metrics import RELAY_DELIVERIES, WS_CLOSES
-from infra.serving import DirectWebSocket
 from relay.broker import Broker
-from relay.budget import OpBudget
+
+if TYPE_CHECKING:  # annotations only
+    from infra.serving import DirectWebSocket
+    from relay.budget import OpBudget
 
 log = logging.getLogger("homepocket.relay")
 
@@ -159,9 +161,16 @@ class Conn:
 
     async def reserve_append(self) -> None:
         """Wait for room among this socket's appends in flight (pipelined brokers)."""
-        while self.inflight >= MAX_INFLIGHT:
+        while not self.try_reserve():
             await self._answer()
+
+    def try_reserve(self) -> bool:
+        """Room for one more append in flight, taken if there is (give it back with
+        `appended`)."""
+        if self.inflight >= MAX_INFLIGHT:
+            return False
         self.inflight += 1
+        return True
 
     async def all_appended(self) -> None:
         """Wait until every append of this socket in flight is answered."""
@@ -282,20 +291,15 @@ class Conn:
             return
         wire = self.wire
         while self.out:
-            lines, self.out = self.out, []
-            texts = frames(lines, self.frame_limit)
+            texts = self._take()
             for at, (text, count, size) in enumerate(texts):
                 self.out_bytes -= size
                 RELAY_DELIVERIES.inc(count)
                 try:
                     if wire is not None and wire.write_text(text):
                         continue
-                except Exception:  # the peer went away mid-send; the reader sees it
-                    self.finish()
-                    return
-                # An ASGI server's send is a coroutine function.
-                sending = cast(Sending, self.send({"type": "websocket.send", "text": text}))
-                try:
+                    # An ASGI server's send is a coroutine function.
+                    sending = cast(Sending, self.send({"type": "websocket.send", "text": text}))
                     waiting = sending.send(None)
                 except StopIteration:
                     continue
@@ -323,8 +327,7 @@ class Conn:
                         self.low.set()
                 if not self.out:
                     break
-                lines, self.out = self.out, []
-                texts = frames(lines, self.frame_limit)
+                texts = self._take()
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away mid-send; the reader sees the disconnect
@@ -332,6 +335,11 @@ class Conn:
         finally:
             sending.close()
             self._writer = None
+
+    def _take(self) -> list[Frame]:
+        """What is queued, as the frames to send."""
+        lines, self.out = self.out, []
+        return frames(lines, self.frame_limit)
 
     async def stop(self) -> None:
         for task in (self._writer, self._closer):

@@ -10,6 +10,7 @@ from typing import Any
 
 from infra.errors import ApiError, validation
 from infra.validate import base64_size
+from relay.broker import NewOp
 
 MAX_CLIENT_ID_CHARS = 64
 MAX_FUTURE_S = 24 * 3600  # a broken clock must not poison peers' ordering
@@ -51,6 +52,16 @@ def payload_and_timestamp(message: dict[str, Any], max_op_bytes: int, now: int) 
     if timestamp > now + MAX_FUTURE_S:
         raise validation("timestamp", "is more than 24 h in the future")
     return payload, timestamp
+
+
+def new_op(
+    message: dict[str, Any], device_id: str, origin: str, max_op_bytes: int, now: int
+) -> NewOp:
+    """The op a client's message asks for, checked (ApiError when it is refused);
+    `device_id` is the authenticated sender's."""
+    client = client_id(message)
+    payload, timestamp = payload_and_timestamp(message, max_op_bytes, now)
+    return NewOp(device_id, client, payload, timestamp, origin, now)
 
 
 def too_large(limit: int) -> ApiError:

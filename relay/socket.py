@@ -90,7 +90,7 @@ from infra.validate import BOOK_ID
 from relay import ops
 from relay.broker import Appended, Broker, NewOp
 from relay.budget import OpBudget
-from relay.hub import MALFORMED, MAX_INFLIGHT, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
+from relay.hub import MALFORMED, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
 from relay.records import SyncRecords
 
 log = logging.getLogger("homepocket.relay")
@@ -117,7 +117,8 @@ class RelaySocket:
         self.hub = hub
         self.broker = broker
         self.records = records
-        self.frame_limit = frame_limit(infra.settings.max_op_bytes)
+        self.max_op_bytes = infra.settings.max_op_bytes
+        self.frame_limit = frame_limit(self.max_op_bytes)
         self.queue_limit = max(256 * 1024, 4 * self.frame_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -376,14 +377,10 @@ class RelaySocket:
             conn.push_control(dumps(error))
 
     async def _op(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:
-        infra = self.infra
-        now = infra.now()
-        client_id = ops.client_id(msg)
-        payload, timestamp = ops.payload_and_timestamp(msg, infra.settings.max_op_bytes, now)
+        op = ops.new_op(msg, conn.device_id, conn.conn_id, self.max_op_bytes, self.infra.now())
         refused = await budget.spend()
         if refused is not None:
             raise refused
-        op = NewOp(conn.device_id, client_id, payload, timestamp, conn.conn_id, now)
         # Don't wait for the broker's round trip before reading the next op: appends of one
         # socket queue in order (so do their seqs and acks), at most MAX_INFLIGHT at once,
         # and are answered from the broker's callback (no task per op).
@@ -427,25 +424,22 @@ class RelaySocket:
         if conn.busy or conn.closed is not None or "\n" in text or len(text) > self.frame_limit:
             return False
         budget = conn.budget
-        if budget is None or conn.inflight >= MAX_INFLIGHT:
+        if budget is None:
             return False
         try:
             msg = orjson.loads(text)
             if type(msg) is not dict or msg.get("type") != "crdt_operation":
                 return False
-            now = self.infra.now()
-            client_id = ops.client_id(msg)
-            payload, timestamp = ops.payload_and_timestamp(
-                msg, self.infra.settings.max_op_bytes, now
-            )
+            op = ops.new_op(msg, conn.device_id, conn.conn_id, self.max_op_bytes, self.infra.now())
         except (orjson.JSONDecodeError, ApiError):
             return False
         if not budget.spend_now():
             return False
-        op = NewOp(conn.device_id, client_id, payload, timestamp, conn.conn_id, now)
-        conn.inflight += 1
+        if not conn.try_reserve():
+            budget.unspend()
+            return False
         if not self.broker.queue_append(conn.book_ref, op, partial(self._append, conn, op)):
-            conn.inflight -= 1
+            conn.appended()
             budget.unspend()
             return False
         return True
@@ -467,4 +461,4 @@ class RelaySocket:
         self._arm_expiry(conn, caller.claims.exp)
 
 
-__all__ = ["TOO_SLOW", "RelaySocket", "frame_limit"]
+__all__ = ["TOO_SLOW", "RelaySocket"]

@@ -84,10 +84,11 @@ async def test_sweeper_loop_removes_abandoned_uploads(
         clock.advance(DAY - 10)
         fresh_later = (await reserve(client, device, 5, at=clock.now())).json()["data"]
         clock.advance(11)  # the first two uploads are now over 24 h old
+        # One sweep drops the rows, then deletes the objects: wait for both.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             rows = await srv.infra.db.fetch("SELECT photo_id FROM photos ORDER BY photo_id")
-            if len(rows) == 2:
+            if len(rows) == 2 and len(await objects(rt, book_ref)) == 1:
                 break
             await asyncio.sleep(0.05)
         left = {r["photo_id"] for r in rows}

@@ -64,7 +64,8 @@ Close codes after the handshake
   4401 token expired (send `auth` before it does)   4403 device revoked
   4409 a third socket of the device opened (the oldest closes)   4410 book erased
   1008 malformed frame (not JSON, not an object, binary)   1009 frame over
-  4/3 x MAX_OP_BYTES + 4 KiB   1012 server restarting   1013 too slow a consumer
+  4/3 x MAX_OP_BYTES + 4 KiB   1012 server restarting   1013 too slow a consumer,
+  or the relay briefly unavailable (its broker failed as the session started)
   Do not reconnect after 4403 or 4410; else reconnect with jittered backoff
   (1 s ... 60 s) and resume with `since`/`epoch`. The server pings every
   HEARTBEAT_INTERVAL_S; a peer silent for HEARTBEAT_TIMEOUT_S is dropped.
@@ -88,7 +89,7 @@ from infra.metrics import RELAY_SYNC_GAPS
 from infra.serving import DIRECT, frame_limit
 from infra.validate import BOOK_ID
 from relay import ops
-from relay.broker import Appended, Broker, NewOp
+from relay.broker import Appended, Broker, Head, NewOp
 from relay.budget import OpBudget
 from relay.hub import MALFORMED, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
 from relay.records import SyncRecords
@@ -100,6 +101,7 @@ BEARER_PREFIX = "bearer."
 QUERY_TOKEN_NAMES = ("token", "access_token", "jwt", "auth", "authorization", "bearer")
 REPLAY_PAGE = 500
 REFUNDED_CLOSES = (1012, 1013)
+UNAVAILABLE = (1013, "SERVICE_UNAVAILABLE")  # RFC 6455 "try again later": refunded too
 
 
 class Refused(Exception):
@@ -169,7 +171,7 @@ class RelaySocket:
             caller = await infra.auth.authenticate(authorization)
         except ApiError as exc:
             await self._refuse(ws, exc, TOKEN_EXPIRED)
-        if not await self.broker.take_refund(caller.device_id):
+        if not await self._refunded(caller.device_id):
             verdict = await count_call(
                 infra, "RATE_LIMIT_WS_CONNECT", caller.device_id, fail_closed=False
             )
@@ -191,6 +193,15 @@ class RelaySocket:
             raise Refused(*MALFORMED)
         return caller.device_id, book_ref, caller.claims.exp, since, epoch
 
+    async def _refunded(self, device_id: str) -> bool:
+        """A credit from a connect the server ended; none while the broker fails (the
+        connect is then counted, and the session start reports the failure)."""
+        try:
+            return await self.broker.take_refund(device_id)
+        except Exception as exc:
+            log.warning("connect refund unreadable", extra={"error_type": type(exc).__name__})
+            return False
+
     async def _refuse(self, ws: WebSocket, exc: ApiError, close: tuple[int, str]) -> NoReturn:
         """A handshake refused for its credentials: audited as the HTTP 401s and 403s
         are (hashed ids, throttled), then closed with the socket's code."""
@@ -211,10 +222,15 @@ class RelaySocket:
         attached = False
         end: int | None = None
         try:
-            await self.hub.attach(conn, infra.now())
-            attached = True
-            await self._welcome(conn, book_id)
-            await self._replay(conn, since, epoch)
+            try:
+                await self.hub.attach(conn, infra.now())
+                attached = True
+                head = await self._welcome(conn, book_id)
+                await self._replay(conn, since, epoch, head)
+            except Exception as exc:  # the broker is down or hung: try again later
+                log.warning("relay session not started", extra={"error_type": type(exc).__name__})
+                conn.close(*UNAVAILABLE)
+                return
             if conn.wire is not None:
                 conn.wire.read_directly(partial(self._now, conn))
             end = await self._read_until_finished(receive, conn)
@@ -264,7 +280,7 @@ class RelaySocket:
             conn.reader = None
         return None
 
-    async def _welcome(self, conn: Conn, book_id: str) -> None:
+    async def _welcome(self, conn: Conn, book_id: str) -> Head:
         now = self.infra.now()
         head = await self.broker.head(conn.book_ref, now)
         online = await self.broker.online(conn.book_ref)
@@ -283,12 +299,16 @@ class RelaySocket:
             )
         )
         conn.last_seq = 0
+        return head
 
-    async def _replay(self, conn: Conn, since: int | None, epoch: str | None) -> None:
-        """Backlog after `since` (or the gap and what follows), then sync_complete."""
+    async def _replay(
+        self, conn: Conn, since: int | None, epoch: str | None, head: Head | None = None
+    ) -> None:
+        """Backlog after `since` (or the gap and what follows), then sync_complete.
+        Without `since`, nothing to replay: the welcome's `head` gives latest_seq."""
         conn.holding = True
         if since is None:
-            head = await self.broker.head(conn.book_ref, self.infra.now())
+            assert head is not None
             conn.push(dumps({"type": "sync_complete", "latest_seq": head.latest_seq}))
             conn.release()
             return

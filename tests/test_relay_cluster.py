@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from websockets.exceptions import ConnectionClosed
 
 from infra.settings import Settings
 from tests.conftest import make_settings, reset_production
@@ -270,6 +271,7 @@ async def test_hung_redis_refuses_ops_with_an_error_and_recovers(
         async with InProcessServer(s) as srv, httpx.AsyncClient(base_url=srv.url) as http:
             book_id, (a,) = await make_book(http, s, 1)
             pa = await open_peer(srv.ws_url, book_id, a)
+            await pa.recv_type("sync_complete")  # the session has read what it needs
             redis_proc.send_signal(signal.SIGSTOP)
             await pa.op(id="stuck")
             error = await pa.recv_type("error", "ack", timeout=10)
@@ -283,6 +285,16 @@ async def test_hung_redis_refuses_ops_with_an_error_and_recovers(
             ack = await pa.recv_type("ack", timeout=10)
             assert ack["id"] == "stuck"
             await pa.close()
+            # A session starting while Redis hangs is closed with "try again later".
+            redis_proc.send_signal(signal.SIGSTOP)
+            pb = await open_peer(srv.ws_url, book_id, a, welcome=False)
+            with pytest.raises(ConnectionClosed) as closed:
+                await pb.recv_type("welcome", timeout=30)
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+                1013,
+                "SERVICE_UNAVAILABLE",
+            )
     finally:
         redis_proc.send_signal(signal.SIGCONT)
         redis_proc.terminate()

@@ -1,13 +1,14 @@
 """The Redis broker (production): many instances act as one.
 
-Seq, backlog and publish are one Lua step (relay.redis_scripts). Appends are batched:
-those asked for in one turn of the event loop (any sockets, any books) go to Redis as
-ONE script call, which publishes one message per book carrying that book's ops; batches
-go out pipelined on one connection (relay.resp), each op answered through a callback in
-the order asked. One subscriber connection per process, subscribed only to the books
-it has sockets for. Socket
-records carry the instance id, and each instance keeps a heartbeat key with a TTL, so
-a dead instance's sockets stop counting as online and its peers are told `offline`.
+Seq, backlog and publish are one atomic step (relay.redis_scripts). Appends are
+batched: those asked for in one turn of the event loop (any sockets, any books) go to
+Redis as ONE transaction (the texts pushed, one script call, the texts published: two
+messages per book, the script's header with the seqs, then the texts); batches go out
+pipelined on one connection (relay.resp), each op answered through a callback in the
+order asked. One subscriber connection per process, subscribed only to the books it
+has sockets for. Socket records carry the instance id, and each instance keeps a
+heartbeat key with a TTL, so a dead instance's sockets stop counting as online and its
+peers are told `offline`.
 
 Keys and channels hold `book_ref`, device ids and instance ids, never a raw book_id;
 payloads are passed through as opaque strings and never logged.
@@ -66,6 +67,8 @@ MAX_BATCH_BYTES = 1024 * 1024
 # when a reply comes, or full): bigger batches, far fewer script calls and messages.
 BATCHES_IN_FLIGHT = 1
 DAY_S = 86400
+MULTI = pack(b"MULTI")
+EXEC = pack(b"EXEC")
 
 # An append waiting for its batch: book, op, its line after the seq, who to tell, and
 # the bytes it holds of the bus budget (0: not counted).
@@ -94,7 +97,9 @@ class RedisBroker:
         self._sub: Subscriber | None = None
         self._run_id = ""
         self._sha: dict[str, str] = {}
-        self._cmd = CommandConnection(url)
+        # Each new connection loads the append script before anything else: no batch
+        # meets a NOSCRIPT after a Redis restart.
+        self._cmd = CommandConnection(url, (pack(b"SCRIPT", b"LOAD", APPEND_BATCH),))
         self._tasks: list[asyncio.Task[None]] = []
         self._origin_prefix = self.instance + "."  # our sockets' connection ids
         self._unreceived: dict[str, int] = {}  # book_ref -> bytes of our ops on the bus
@@ -103,6 +108,7 @@ class RedisBroker:
         self._room = asyncio.Event()
         self._room.set()
         self._listening: set[str] = set()  # books whose channel we subscribe to
+        self._headers: dict[str, bytes] = {}  # book -> the header awaiting its texts
         self._batch: list[_Entry] = []  # appends asked for in this loop turn
         self._batch_bytes = 0
         self._flush_soon = False
@@ -161,34 +167,46 @@ class RedisBroker:
             return BUS_BUDGET_DEFAULT
         return min(limits) // BUS_SHARE if limits else BUS_BUDGET_DEFAULT
 
-    # The bus: "b<first seq> <origin>...\n<text>\n<text>..." per book and batch, each
-    # text an op's line after its seq.
+    # The bus, per book and batch: the script's header "h<first seq> <origin>..." ("-"
+    # for a retry, not relayed), then the transaction's "t\n<text>\n<text>...", each
+    # text an op's line after its seq. EXEC runs alone, so on each channel a header is
+    # followed by its texts; texts without a header (their script failed) are dropped.
     def _on_message(self, chan: bytes, data: bytes) -> None:
         sink = self._sink
         if sink is None or not data:
             return
         book_ref = chan[len(PREFIX) : -2].decode()
         kind = data[:1]
-        if kind == b"b":
-            message = data.decode()
-            cut = message.index("\n")
-            head = message[1:cut].split(" ")
-            seq = int(head[0])
-            origins = head[1:]
-            texts = message[cut + 1 :].split("\n")
-            if book_ref in self._unreceived:
-                # Our sockets' ops are back: what they held of the bus budget is free.
-                mine = self._origin_prefix
-                size = 0
-                for origin, text in zip(origins, texts, strict=True):
-                    if origin.startswith(mine):
-                        size += len(text)
-                if size:
-                    self._received(book_ref, size)
-            lines = [op_line(at, text) for at, text in enumerate(texts, seq)]
-            sink.on_ops(book_ref, seq, origins, lines)
+        if kind == b"h":
+            self._headers[book_ref] = data
+        elif kind == b"t":
+            header = self._headers.pop(book_ref, None)
+            if header is not None:
+                self._deliver(sink, book_ref, header, data)
         elif kind == b"c":
             sink.on_control(book_ref, orjson.loads(data[1:]))
+
+    def _deliver(self, sink: Sink, book_ref: str, header: bytes, body: bytes) -> None:
+        head = header[1:].decode().split(" ")
+        seq = int(head[0])
+        origins = head[1:]
+        texts = body[2:].decode().split("\n")
+        if "-" in origins:  # retries: their texts are not relayed
+            kept = [(o, t) for o, t in zip(origins, texts, strict=True) if o != "-"]
+            origins, texts = [o for o, _ in kept], [t for _, t in kept]
+        if not origins:
+            return
+        if book_ref in self._unreceived:
+            # Our sockets' ops are back: what they held of the bus budget is free.
+            mine = self._origin_prefix
+            size = 0
+            for origin, text in zip(origins, texts, strict=True):
+                if origin.startswith(mine):
+                    size += len(text)
+            if size:
+                self._received(book_ref, size)
+        lines = [op_line(at, text) for at, text in enumerate(texts, seq)]
+        sink.on_ops(book_ref, seq, origins, lines)
 
     # Backpressure: our own ops in flight on the bus, per book (a book we stop listening
     # to, or a lost subscription, forgets its count: those ops will never come back).
@@ -209,8 +227,10 @@ class RedisBroker:
         if book_ref is None:
             self._unreceived.clear()
             self._unreceived_total = 0
+            self._headers.clear()
         else:
             self._unreceived_total -= self._unreceived.pop(book_ref, 0)
+            self._headers.pop(book_ref, None)
         if self._unreceived_total < self._budget // 2:
             self._room.set()
 
@@ -304,7 +324,8 @@ class RedisBroker:
             self._flush()
 
     def _flush(self) -> None:
-        """Send the batch as one script call (see redis_scripts.APPEND_BATCH)."""
+        """Send the batch as one transaction (see redis_scripts.APPEND_BATCH): RPUSH of
+        each book's texts, the script, one PUBLISH of each book's texts."""
         batch = self._batch
         if not batch:
             return
@@ -331,6 +352,8 @@ class RedisBroker:
             2 * IDEMPOTENCY_TTL_S,
             len(books),
         ]
+        pushes: list[bytes] = [MULTI]
+        publishes: list[bytes] = []
         first_id_key = 3 * len(books) + 1
         where = [0] * len(batch)  # each entry's place in the reply (book by book)
         answered = 0
@@ -338,6 +361,7 @@ class RedisBroker:
             prefix = PREFIX + book_ref + ":"
             keys += (prefix + "m", prefix + "l", prefix + "t")
             args += (new_epoch(), prefix + "c", len(places))
+            texts: list[str] = []
             at: dict[str, int] = {}  # device -> index of its id keys
             for place in places:
                 _, op, tail, _, _ = batch[place]
@@ -346,24 +370,49 @@ class RedisBroker:
                     k = at[op.device_id] = first_id_key + len(id_keys)
                     id_of = f"{prefix}i:{op.device_id}:"
                     id_keys += (id_of + str(day), id_of + str(day - 1))
-                args += (op.client_id or "", tail, op.origin, f"{op.now}:{len(tail)}", k)
+                size = len(tail)
+                args += (op.client_id or "", op.origin, f"{op.now}:{size}", size, k)
+                texts.append(tail)
                 where[place] = 2 * answered
                 answered += 1
-        rest = (len(keys) + len(id_keys), *keys, *id_keys, *args)
-        command = pack(b"EVALSHA", self._sha["append"], *rest)
+            if lim.max_ops > 0:
+                pushes.append(pack(b"RPUSH", prefix + "l", *texts))
+            publishes.append(pack(b"PUBLISH", prefix + "c", "\n".join(["t", *texts])))
+        script = (len(keys) + len(id_keys), *keys, *id_keys, *args)
+        parts = (pushes, publishes, len(pushes) - 1)  # the script's place in EXEC's reply
         self._in_flight += 1
-        self._cmd.send(command, partial(self._answer, batch, where, rest))
+        self._send(parts, pack(b"EVALSHA", self._sha["append"], *script), script, batch, where)
+
+    def _send(
+        self,
+        parts: tuple[list[bytes], list[bytes], int],
+        script: bytes,
+        script_args: tuple[Arg, ...] | None,
+        batch: list[_Entry],
+        where: list[int],
+    ) -> None:
+        pushes, publishes, _ = parts
+        command = b"".join((*pushes, script, *publishes, EXEC))
+        replies = len(pushes) + len(publishes) + 2
+        answer = partial(self._answer, parts, script_args, batch, where)
+        self._cmd.send(command, answer, replies)
 
     def _answer(
-        self, batch: list[_Entry], where: list[int], rest: tuple[Arg, ...] | None, reply: Any
+        self,
+        parts: tuple[list[bytes], list[bytes], int],
+        script_args: tuple[Arg, ...] | None,
+        batch: list[_Entry],
+        where: list[int],
+        reply: Any,
     ) -> None:
-        """The batch's reply: each op answered, in the order queued."""
-        if isinstance(reply, ReplyError) and rest is not None and str(reply).startswith("NOSCRIPT"):
-            # Redis restarted or its scripts were flushed: the body loads it again. Later
-            # batches already sent fail the same way and are sent again after this one.
-            command = pack(b"EVAL", APPEND_BATCH, *rest)
-            self._cmd.send(command, partial(self._answer, batch, where, None))
-            return
+        """The transaction's reply: each op answered, in the order queued."""
+        if isinstance(reply, list):
+            reply = reply[parts[2]]  # the script's
+            if isinstance(reply, ReplyError) and script_args and str(reply).startswith("NOSCRIPT"):
+                # Its script cache was flushed: the body loads it again. (The texts this
+                # try pushed are cut out by the script; see redis_scripts.)
+                self._send(parts, pack(b"EVAL", APPEND_BATCH, *script_args), None, batch, where)
+                return
         self._in_flight -= 1
         if self._in_flight < BATCHES_IN_FLIGHT:
             self._flush()  # what gathered meanwhile

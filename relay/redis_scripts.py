@@ -1,8 +1,13 @@
-"""Lua run inside Redis: seq assignment, backlog append and trim, and the publish to the
-book's channel happen as one atomic step, so two instances never hand out the same seq
-and every instance sees a book's ops in seq order.
+"""Lua run inside Redis: seq assignment, backlog trim and the publish of each batch's
+seqs happen as one atomic step, so two instances never hand out the same seq and every
+instance sees a book's ops in seq order.
 
-Keys hold `book_ref` only. Payloads are opaque strings here: concatenated, never read.
+The op texts never enter Lua: Redis's Lua hashes every byte of every string it is
+given, which was a third of Redis's time per op. A batch is one MULTI/EXEC transaction
+(relay.redis_broker): RPUSH of the texts to each book's op list, this script, then one
+PUBLISH of the texts per book. The script fixes what the texts mean (their seqs, and
+which are retries to drop again) and publishes that as a small header just before each
+book's texts. Keys hold `book_ref` only. Payloads are never read here.
 """
 
 from __future__ import annotations
@@ -13,16 +18,44 @@ from __future__ import annotations
 # The op list holds each op's text after its seq (the reader puts the head and seq
 # back: no line is built in Lua); an entry starting with "{" is a whole line, as
 # stored before, and read as is.
+#
+# `head` also checks the op list against the meta: it must hold the retained ops, then
+# the `pushed` texts of the running transaction. Longer: a transaction whose script
+# failed (NOSCRIPT after a SCRIPT FLUSH) left its texts behind the retained ops; they
+# are cut out. Shorter: the history is gone (the list expired or was deleted), so a
+# new epoch, as after a flush. The list then keeps only the `pushed` texts.
 _COMMON = """
-local function head(mk, lk, tk, run, fresh_epoch, keep)
+local function head(mk, lk, tk, run, fresh_epoch, keep, pushed)
   local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'oldest', 'bytes', 'ot', 'x')
-  if (not m[1]) or m[3] ~= run then
-    -- a new store, a flush, or a Redis restart: the history may be gone, so a new epoch
-    redis.call('DEL', lk, tk)
+  local held = redis.call('LLEN', lk)
+  local retained = m[1] and (tonumber(m[2]) - tonumber(m[4]) + 1) or 0
+  if (not m[1]) or m[3] ~= run or held < retained + pushed then
+    -- a new store, a flush, a Redis restart, a lost list: the history may be gone, so a
+    -- new epoch
+    if pushed > 0 then
+      redis.call('LTRIM', lk, -pushed, -1)
+    else
+      redis.call('DEL', lk)
+    end
+    redis.call('DEL', tk)
     redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'oldest', 1, 'bytes', 0,
                'ot', 0)
     redis.call('EXPIRE', mk, keep)
     return fresh_epoch, 0, 1, 0, 0, nil
+  end
+  if held > retained + pushed then
+    local mine = {}
+    if pushed > 0 then
+      mine = redis.call('LRANGE', lk, -pushed, -1)
+    end
+    if retained > 0 then
+      redis.call('LTRIM', lk, 0, retained - 1)
+    else
+      redis.call('DEL', lk)
+    end
+    if pushed > 0 then
+      redis.call('RPUSH', lk, unpack(mine))
+    end
   end
   return m[1], tonumber(m[2]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6]), tonumber(m[7])
 end
@@ -66,20 +99,22 @@ local function trim(lk, tk, seq, oldest, bytes, ot, now, max_ops, max_bytes, max
 end
 """
 
-# A batch of appends, any books, as one atomic step. KEYS: per book its meta hash, op
-# list and times list (KEYS[3b+1..3b+3] for the b-th book, from 0), then the client-id
-# hashes: each op names k with KEYS[k] its device's ids of the op's day and KEYS[k+1]
-# of the day before (a batch never spans two days).
+# A batch of appends, any books, run inside the batch's transaction, after the RPUSH of
+# its texts (none when max ops is 0). KEYS: per book its meta hash, op list and times
+# list (KEYS[3b+1..3b+3] for the b-th book, from 0), then the client-id hashes: each op
+# names k with KEYS[k] its device's ids of the op's day and KEYS[k+1] of the day before
+# (a batch never spans two days).
 # ARGV[1] Redis run_id as this instance read it, ARGV[2] now, ARGV[3..5] max ops,
 # bytes, age, ARGV[6] how long a book's keys outlive their last write, ARGV[7] how
 # long a client id is remembered, ARGV[8] the number of books; then per book: a fresh
 # epoch, its channel, its number of ops, and per op (5 each): client id ('' for none),
-# the op's text after its seq, origin connection, "time:size" (size: of the text), k.
-# Per book: the head read once, the ids looked up with one HMGET per id hash, the ops
-# pushed with one RPUSH per list, trimmed, the head written once, and ONE message
-# published: "b<first seq> <origin> <origin>...\n<text>\n<text>..." (JSON holds no
-# raw newline; the non-duplicate ops of a book take consecutive seqs). A retained op
-# counts as the size of its text. No number is formatted per op but the seq of an id.
+# origin connection, "time:size", size (of the op's text), k.
+# Per book: the head read once, the ids looked up with one HMGET per id hash, the
+# retries' texts taken out of the op list again (rare), the times pushed with one
+# RPUSH, trimmed, the head written once, and ONE header published:
+# "h<first seq> <origin or - for a retry> ..." (the non-retried ops of a book take
+# consecutive seqs; the texts follow in the transaction's next message on the channel).
+# A retained op counts as the size of its text.
 # Returns two numbers per op, in the order given: the seq and 0 (the op's own time is
 # its relay time), or for a duplicate (a retried id of this epoch, not relayed) the
 # first seq negated and the first relay time.
@@ -94,8 +129,9 @@ local fresh = {}  -- KEYS index -> {client id -> "seq:time:size:epoch"} written 
 local a = 9
 for b = 0, tonumber(ARGV[8]) - 1 do
   local mk, lk, tk = KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]
-  local epoch, seq, oldest, bytes, ot, x = head(mk, lk, tk, run, ARGV[a], keep)
   local chan, n = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local pushed = max_ops > 0 and n or 0
+  local epoch, seq, oldest, bytes, ot, x = head(mk, lk, tk, run, ARGV[a], keep, pushed)
   a = a + 3
   local ask = {}
   for i = a, a + 5 * (n - 1), 5 do
@@ -124,11 +160,10 @@ for b = 0, tonumber(ARGV[8]) - 1 do
   end
   local empty = oldest > seq
   local first = seq + 1
-  local texts, times = {}, {}
-  -- the message: "b", first seq, origins, then the texts, concatenated once
-  local parts = {'b', first}
+  local times, retried = {}, {}
+  local parts = {'h', first}
   for i = a, a + 5 * (n - 1), 5 do
-    local cid, t, k = ARGV[i], ARGV[i + 3], tonumber(ARGV[i + 4])
+    local cid, t, k = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 4])
     local dup = false
     if cid ~= '' then
       -- (this batch writes only today's key: a batch never spans two days)
@@ -143,14 +178,15 @@ for b = 0, tonumber(ARGV[8]) - 1 do
         end
       end
     end
-    if not dup then
+    parts[#parts + 1] = ' '
+    if dup then
+      parts[#parts + 1] = '-'
+      retried[(i - a) / 5 + 1] = true
+    else
       seq = seq + 1
-      local text = ARGV[i + 1]
-      texts[#texts + 1] = text
       times[#times + 1] = t
-      parts[#parts + 1] = ' '
-      parts[#parts + 1] = ARGV[i + 2]
-      bytes = bytes + #text
+      parts[#parts + 1] = ARGV[i + 1]
+      bytes = bytes + tonumber(ARGV[i + 3])
       out[#out + 1] = seq
       out[#out + 1] = 0
       if cid ~= '' then
@@ -164,9 +200,21 @@ for b = 0, tonumber(ARGV[8]) - 1 do
     end
   end
   a = a + 5 * n
-  if #texts > 0 then
+  if #times < n and pushed > 0 then
+    -- retries: their texts were pushed with the others; keep only the new ops' texts
+    local texts, kept = redis.call('LRANGE', lk, -n, -1), {}
+    for j = 1, n do
+      if not retried[j] then
+        kept[#kept + 1] = texts[j]
+      end
+    end
+    redis.call('LTRIM', lk, 0, -n - 1)
+    if #kept > 0 then
+      redis.call('RPUSH', lk, unpack(kept))
+    end
+  end
+  if #times > 0 then
     if max_ops > 0 then
-      redis.call('RPUSH', lk, unpack(texts))
       redis.call('RPUSH', tk, unpack(times))
       if empty then
         ot = tonumber(string.sub(times[1], 1, string.find(times[1], ':', 1, true) - 1))
@@ -183,12 +231,8 @@ for b = 0, tonumber(ARGV[8]) - 1 do
       redis.call('EXPIRE', tk, keep)
     end
     redis.call('HSET', mk, 'seq', seq, 'oldest', oldest, 'bytes', bytes, 'ot', ot, 'x', x)
-    for j = 1, #texts do
-      parts[#parts + 1] = '\\n'
-      parts[#parts + 1] = texts[j]
-    end
-    redis.call('PUBLISH', chan, table.concat(parts))
   end
+  redis.call('PUBLISH', chan, table.concat(parts))
 end
 for k, ids in pairs(fresh) do
   local fields = {}
@@ -212,7 +256,8 @@ READ = (
     _COMMON
     + """
 local keep = tonumber(ARGV[7])
-local epoch, seq, oldest, bytes, ot = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], keep)
+local epoch, seq, oldest, bytes, ot = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], keep,
+  0)
 local trimmed_oldest, trimmed_bytes, trimmed_ot = trim(KEYS[2], KEYS[3], seq, oldest, bytes, ot,
   tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
 if trimmed_oldest ~= oldest or trimmed_ot ~= ot then

@@ -80,10 +80,15 @@ class RespProtocol(asyncio.Protocol):
 
 
 async def connect(
-    url: str, select_db: bool, on_reply: OnReply, on_lost: Callable[[], None]
+    url: str,
+    select_db: bool,
+    on_reply: OnReply,
+    on_lost: Callable[[], None],
+    setup_commands: tuple[bytes, ...] = (),
 ) -> RespProtocol:
-    """Connect, authenticate and pick the database the URL names; then replies go to
-    `on_reply`. A loss during set-up raises; after it, `on_lost` is called."""
+    """Connect, authenticate, pick the database the URL names and run `setup_commands`;
+    then replies go to `on_reply`. A loss during set-up raises; after it, `on_lost` is
+    called."""
     parts = urlsplit(url)
     setup: deque[asyncio.Future[Any]] = deque()
 
@@ -115,6 +120,7 @@ async def connect(
     db = parts.path.lstrip("/")
     if select_db and db.isdigit() and db != "0":
         commands.append(pack(b"SELECT", db))
+    commands += setup_commands
     try:
         for command in commands:
             future: asyncio.Future[Any] = loop.create_future()
@@ -134,24 +140,29 @@ async def connect(
 class CommandConnection:
     """Pipelined commands on one connection, each answered through its callback in the
     order sent (a `ReplyError` or `ConnectionError` instance when it failed). Commands
-    sent while there is no connection wait for the next one, made on demand."""
+    sent while there is no connection wait for the next one, made on demand; each new
+    connection first runs `setup_commands` (e.g. SCRIPT LOAD)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, setup_commands: tuple[bytes, ...] = ()) -> None:
         self.url = url
+        self._setup = setup_commands
         self._proto: RespProtocol | None = None
-        self._waiting: deque[tuple[OnReply, float]] = deque()
+        # (callback, time sent, replies it takes: the last one is its answer)
+        self._waiting: deque[tuple[OnReply, float, int]] = deque()
+        self._replies = 0  # replies already taken by the first waiting entry
         self._unsent: list[bytes] = []  # while connecting
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
 
-    def send(self, command: bytes, on_reply: OnReply) -> None:
-        """Write a packed command now (or once connected); `on_reply` gets its answer."""
+    def send(self, command: bytes, on_reply: OnReply, replies: int = 1) -> None:
+        """Write packed commands now (or once connected); `on_reply` gets the last of
+        their `replies` (a MULTI ... EXEC's EXEC: the ones before are +OK and +QUEUED)."""
         loop = asyncio.get_running_loop()
         if self._closed:
             on_reply(ConnectionError("Redis connection closed"))
             return
-        self._waiting.append((on_reply, loop.time()))
+        self._waiting.append((on_reply, loop.time(), replies))
         proto = self._proto
         if proto is not None:
             proto.write(command)
@@ -179,7 +190,7 @@ class CommandConnection:
     async def _connect(self) -> None:
         me = asyncio.current_task()
         try:
-            proto = await connect(self.url, True, self._on_reply, self._lost)
+            proto = await connect(self.url, True, self._on_reply, self._lost, self._setup)
         except Exception:  # (a cancel comes from _lost or close, which fail the waiting)
             if self._connecting is me:
                 self._connecting = None
@@ -195,6 +206,10 @@ class CommandConnection:
             proto.write(b"".join(unsent))
 
     def _on_reply(self, reply: Any) -> None:
+        self._replies += 1
+        if self._replies < self._waiting[0][2]:
+            return
+        self._replies = 0
         _tell(self._waiting.popleft()[0], reply)
 
     async def _watch(self) -> None:
@@ -218,6 +233,7 @@ class CommandConnection:
 
     def _fail(self, error: Exception) -> None:
         self._unsent.clear()
+        self._replies = 0
         waiting = self._waiting
         while waiting:
             _tell(waiting.popleft()[0], error)

@@ -264,6 +264,30 @@ async def test_a_flushed_script_cache_is_loaded_again(make_broker: Make, redis_u
     assert [r.seq for r in results if isinstance(r, Appended)] == [2, 3, 4]
     await settle(sink, b, 4)
     assert [seq for seq, _, _ in sink.ops(b)] == [1, 2, 3, 4]
+    # The try that met NOSCRIPT had pushed and published its texts: neither shows.
+    history = await broker.history(b, 0, None, 10)
+    assert not history.gap
+    assert history.lines == [line for message in sink.messages for line in message[3]]
+    r = aioredis.from_url(redis_url)
+    assert await r.llen(f"{redis_broker.PREFIX}{b}:l") == 4  # stored once each
+    await r.aclose()
+    await asyncio.sleep(0.1)
+    assert len(sink.ops(b)) == 4
+
+
+async def test_a_lost_op_list_starts_a_new_epoch(make_broker: Make, redis_url: str) -> None:
+    broker, _ = await make_broker()
+    b = book()
+    await in_one_turn(broker, [(b, new_op(broker, "d", None, i)) for i in range(3)])
+    before = await broker.head(b, int(time.time()))
+    r = aioredis.from_url(redis_url)
+    await r.delete(f"{redis_broker.PREFIX}{b}:l")  # the history, gone; the counter kept
+    await r.aclose()
+    results = await in_one_turn(broker, [(b, new_op(broker, "d", None, 9))])
+    assert [r.seq for r in results if isinstance(r, Appended)] == [1]
+    history = await broker.history(b, 3, before.epoch, 10)
+    assert history.gap and history.head.epoch != before.epoch  # resumers are told
+    assert [orjson.loads(line)["payload"] for line in history.lines] == ["cGF5bG9hZA000009"]
 
 
 async def test_a_lost_connection_fails_the_batch_then_recovers(

@@ -22,6 +22,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -73,6 +74,17 @@ EXEC = pack(b"EXEC")
 # An append waiting for its batch: book, op, its line after the seq, who to tell, and
 # the bytes it holds of the bus budget (0: not counted).
 _Entry = tuple[str, NewOp, str, Done, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A batch on its way: who to answer, and the commands around its script."""
+
+    entries: list[_Entry]
+    where: list[int]  # each entry's place in the script's reply
+    pushes: list[bytes]  # MULTI, then the RPUSH of each book's texts
+    publishes: list[bytes]  # the PUBLISH of each book's texts
+    script_args: tuple[Arg, ...]
 
 
 def _k(book_ref: str, part: str) -> str:
@@ -378,46 +390,31 @@ class RedisBroker:
             if lim.max_ops > 0:
                 pushes.append(pack(b"RPUSH", prefix + "l", *texts))
             publishes.append(pack(b"PUBLISH", prefix + "c", "\n".join(["t", *texts])))
-        script = (len(keys) + len(id_keys), *keys, *id_keys, *args)
-        parts = (pushes, publishes, len(pushes) - 1)  # the script's place in EXEC's reply
+        sent = _Sent(
+            batch, where, pushes, publishes, (len(keys) + len(id_keys), *keys, *id_keys, *args)
+        )
         self._in_flight += 1
-        self._send(parts, pack(b"EVALSHA", self._sha["append"], *script), script, batch, where)
+        self._send(sent, pack(b"EVALSHA", self._sha["append"], *sent.script_args), True)
 
-    def _send(
-        self,
-        parts: tuple[list[bytes], list[bytes], int],
-        script: bytes,
-        script_args: tuple[Arg, ...] | None,
-        batch: list[_Entry],
-        where: list[int],
-    ) -> None:
-        pushes, publishes, _ = parts
-        command = b"".join((*pushes, script, *publishes, EXEC))
-        replies = len(pushes) + len(publishes) + 2
-        answer = partial(self._answer, parts, script_args, batch, where)
-        self._cmd.send(command, answer, replies)
+    def _send(self, sent: _Sent, script: bytes, first_try: bool) -> None:
+        command = b"".join((*sent.pushes, script, *sent.publishes, EXEC))
+        replies = len(sent.pushes) + len(sent.publishes) + 2  # +OK, +QUEUED..., EXEC's
+        self._cmd.send(command, partial(self._answer, sent, first_try), replies)
 
-    def _answer(
-        self,
-        parts: tuple[list[bytes], list[bytes], int],
-        script_args: tuple[Arg, ...] | None,
-        batch: list[_Entry],
-        where: list[int],
-        reply: Any,
-    ) -> None:
+    def _answer(self, sent: _Sent, first_try: bool, reply: Any) -> None:
         """The transaction's reply: each op answered, in the order queued."""
         if isinstance(reply, list):
-            reply = reply[parts[2]]  # the script's
-            if isinstance(reply, ReplyError) and script_args and str(reply).startswith("NOSCRIPT"):
-                # Its script cache was flushed: the body loads it again. (The texts this
-                # try pushed are cut out by the script; see redis_scripts.)
-                self._send(parts, pack(b"EVAL", APPEND_BATCH, *script_args), None, batch, where)
+            reply = reply[len(sent.pushes) - 1]  # the script's, after the RPUSHes
+            if first_try and isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                # Its script cache was flushed: the body loads it again. (The texts the
+                # first try pushed are cut out by the script; see redis_scripts.)
+                self._send(sent, pack(b"EVAL", APPEND_BATCH, *sent.script_args), False)
                 return
         self._in_flight -= 1
         if self._in_flight < BATCHES_IN_FLIGHT:
             self._flush()  # what gathered meanwhile
         failed = isinstance(reply, Exception)
-        for (book_ref, op, _, done, held), at in zip(batch, where, strict=True):
+        for (book_ref, op, _, done, held), at in zip(sent.entries, sent.where, strict=True):
             result: Appended | Exception
             if failed:
                 result = reply

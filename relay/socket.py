@@ -226,7 +226,10 @@ class RelaySocket:
                 await self.hub.attach(conn, infra.now())
                 attached = True
                 head = await self._welcome(conn, book_id)
-                await self._replay(conn, since, epoch, head)
+                if since is None:  # nothing to replay: the welcome's head is current
+                    self._complete(conn, head.latest_seq)
+                else:
+                    await self._replay(conn, since, epoch)
             except Exception as exc:  # the broker is down or hung: try again later
                 log.warning("relay session not started", extra={"error_type": type(exc).__name__})
                 conn.close(*UNAVAILABLE)
@@ -301,17 +304,9 @@ class RelaySocket:
         conn.last_seq = 0
         return head
 
-    async def _replay(
-        self, conn: Conn, since: int | None, epoch: str | None, head: Head | None = None
-    ) -> None:
-        """Backlog after `since` (or the gap and what follows), then sync_complete.
-        Without `since`, nothing to replay: the welcome's `head` gives latest_seq."""
+    async def _replay(self, conn: Conn, since: int, epoch: str | None) -> None:
+        """Backlog after `since` (or the gap and what follows), then sync_complete."""
         conn.holding = True
-        if since is None:
-            assert head is not None
-            conn.push(dumps({"type": "sync_complete", "latest_seq": head.latest_seq}))
-            conn.release()
-            return
         latest = 0
         while conn.closed is None and not conn.finished:
             history = await self.broker.history(conn.book_ref, since, epoch, REPLAY_PAGE)
@@ -334,7 +329,12 @@ class RelaySocket:
             if not history.has_more or not history.lines:
                 break
             since, epoch = history.last_seq, head.epoch
-        conn.push(dumps({"type": "sync_complete", "latest_seq": latest}))
+        self._complete(conn, latest)
+
+    @staticmethod
+    def _complete(conn: Conn, latest_seq: int) -> None:
+        """Replay done: sync_complete, then the live ops held meanwhile."""
+        conn.push(dumps({"type": "sync_complete", "latest_seq": latest_seq}))
         conn.release()
 
     async def _read(self, receive: Receive, conn: Conn) -> int | None:

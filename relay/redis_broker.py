@@ -103,11 +103,18 @@ class RedisBroker:
         self._url = url
         self._redis_factory = redis
         self._limits = limits
+        # What every script call passes after `now`: max ops, bytes, age, and how long a
+        # book's keys outlive their last write.
+        self._limit_args = (
+            limits.max_ops,
+            limits.max_bytes,
+            limits.max_age_s,
+            limits.max_age_s + KEEP_EXTRA_S,
+        )
         self._clock = clock
         self._r: Any = None
         self._sink: Sink | None = None
         self._sub: Subscriber | None = None
-        self._run_id = ""
         self._sha: dict[str, str] = {}
         # Each new connection loads the append script before anything else: no batch
         # meets a NOSCRIPT after a Redis restart.
@@ -158,8 +165,6 @@ class RedisBroker:
     async def _load(self) -> None:
         for name, text in (("append", APPEND_BATCH), ("read", READ), ("refund", TAKE_REFUND)):
             self._sha[name] = await self._r.script_load(text)
-        info = await self._r.info("server")
-        self._run_id = str(info.get("run_id", ""))
         self._budget = await self._bus_budget()
 
     async def _bus_budget(self) -> int:
@@ -268,23 +273,6 @@ class RedisBroker:
         await self._r.srem(PREFIX + "books:" + self.instance, book_ref)
 
     # Backlog.
-    def _base_args(self, now: int) -> list[Any]:
-        lim = self._limits
-        return [
-            self._run_id,
-            new_epoch(),
-            now,
-            lim.max_ops,
-            lim.max_bytes,
-            lim.max_age_s,
-            self._keep_s,
-        ]
-
-    @property
-    def _keep_s(self) -> int:
-        """How long a book's keys outlive their last write."""
-        return self._limits.max_age_s + KEEP_EXTRA_S
-
     async def append(self, book_ref: str, op: NewOp) -> Appended:
         future: asyncio.Future[Appended | Exception] = asyncio.get_running_loop().create_future()
         await self.append_then(book_ref, op, partial(_settle, future))
@@ -350,17 +338,12 @@ class RedisBroker:
                 books[entry[0]] = [i]
             else:
                 group.append(i)
-        lim = self._limits
         day = batch[0][1].now // DAY_S
         keys: list[Arg] = []
         id_keys: list[Arg] = []
         args: list[Arg] = [
-            self._run_id,
             max(entry[1].now for entry in batch),
-            lim.max_ops,
-            lim.max_bytes,
-            lim.max_age_s,
-            self._keep_s,
+            *self._limit_args,
             2 * IDEMPOTENCY_TTL_S,
             len(books),
         ]
@@ -387,7 +370,7 @@ class RedisBroker:
                 texts.append(tail)
                 where[place] = 2 * answered
                 answered += 1
-            if lim.max_ops > 0:
+            if self._limits.max_ops > 0:
                 pushes.append(pack(b"RPUSH", prefix + "l", *texts))
             publishes.append(pack(b"PUBLISH", prefix + "c", "\n".join(["t", *texts])))
         sent = _Sent(
@@ -452,7 +435,7 @@ class RedisBroker:
         self, book_ref: str, since: int, epoch: str | None, limit: int, now: int
     ) -> History:
         keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]
-        args = [*self._base_args(now), since, epoch or "", limit]
+        args = [new_epoch(), now, *self._limit_args, since, epoch or "", limit]
         result = await self._script("read", keys, args)
         ep, seq, oldest, size, gap, start, entries = result
         head = Head(ep.decode(), int(seq), int(oldest), int(size))
@@ -521,11 +504,7 @@ class RedisBroker:
         pipe.set(PREFIX + "alive:" + self.instance, b"1", ex=ALIVE_TTL_S)
         pipe.zadd(INSTANCES, {self.instance: now})
         pipe.zrangebyscore(INSTANCES, 0, now - ALIVE_TTL_S)
-        pipe.info("server")
-        _, _, dead, info = await pipe.execute()
-        run_id = str(info.get("run_id", ""))
-        if run_id != self._run_id:
-            self._run_id = run_id  # restarted or failed over: books get new epochs
+        _, _, dead = await pipe.execute()
         for instance in dead:
             await self._reap(instance.decode())
 

@@ -24,8 +24,14 @@ from __future__ import annotations
 # failed (NOSCRIPT after a SCRIPT FLUSH) left its texts behind the retained ops; they
 # are cut out. Shorter: the history is gone (the list expired or was deleted), so a
 # new epoch, as after a flush. The list then keeps only the `pushed` texts.
+#
+# `run` is the run_id of the Redis answering now, read by every call: a restart (even
+# one that kept the data) or a failover gives every book a new epoch before its next
+# seq, however late an instance learns of it.
 _COMMON = """
-local function head(mk, lk, tk, run, fresh_epoch, keep, pushed)
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+
+local function head(mk, lk, tk, fresh_epoch, keep, pushed)
   local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'oldest', 'bytes', 'ot', 'x')
   local held = redis.call('LLEN', lk)
   local retained = m[1] and (tonumber(m[2]) - tonumber(m[4]) + 1) or 0
@@ -104,9 +110,9 @@ end
 # list (KEYS[3b+1..3b+3] for the b-th book, from 0), then the client-id hashes: each op
 # names k with KEYS[k] its device's ids of the op's day and KEYS[k+1] of the day before
 # (a batch never spans two days).
-# ARGV[1] Redis run_id as this instance read it, ARGV[2] now, ARGV[3..5] max ops,
-# bytes, age, ARGV[6] how long a book's keys outlive their last write, ARGV[7] how
-# long a client id is remembered, ARGV[8] the number of books; then per book: a fresh
+# ARGV[1] now, ARGV[2..4] max ops, bytes, age, ARGV[5] how long a book's keys outlive
+# their last write, ARGV[6] how long a client id is remembered, ARGV[7] the number of
+# books; then per book: a fresh
 # epoch, its channel, its number of ops, and per op (5 each): client id ('' for none),
 # origin connection, "time:size", size (of the op's text), k.
 # Per book: the head read once, the ids looked up with one HMGET per id hash, the
@@ -121,17 +127,17 @@ end
 APPEND_BATCH = (
     _COMMON
     + """
-local run, now = ARGV[1], tonumber(ARGV[2])
-local max_ops, max_bytes, max_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local keep, id_ttl = tonumber(ARGV[6]), ARGV[7]
+local now = tonumber(ARGV[1])
+local max_ops, max_bytes, max_age = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local keep, id_ttl = tonumber(ARGV[5]), ARGV[6]
 local out = {}
 local fresh = {}  -- KEYS index -> {client id -> "seq:time:size:epoch"} written by this batch
-local a = 9
-for b = 0, tonumber(ARGV[8]) - 1 do
+local a = 8
+for b = 0, tonumber(ARGV[7]) - 1 do
   local mk, lk, tk = KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]
   local chan, n = ARGV[a + 1], tonumber(ARGV[a + 2])
   local pushed = max_ops > 0 and n or 0
-  local epoch, seq, oldest, bytes, ot, x = head(mk, lk, tk, run, ARGV[a], keep, pushed)
+  local epoch, seq, oldest, bytes, ot, x = head(mk, lk, tk, ARGV[a], keep, pushed)
   a = a + 3
   local ask = {}
   for i = a, a + 5 * (n - 1), 5 do
@@ -247,26 +253,25 @@ return out
 """
 )
 
-# KEYS[1] meta hash, KEYS[2] op list, KEYS[3] times list. ARGV[1] Redis run_id as this
-# instance read it, ARGV[2] a fresh epoch, ARGV[3] now, ARGV[4..6] max ops, bytes, age,
-# ARGV[7] how long the book's keys outlive their last write, ARGV[8] since, ARGV[9]
-# epoch ('' for none), ARGV[10] limit (0: the head only). The entries returned are the
+# KEYS[1] meta hash, KEYS[2] op list, KEYS[3] times list. ARGV[1] a fresh epoch,
+# ARGV[2] now, ARGV[3..5] max ops, bytes, age, ARGV[6] how long the book's keys outlive
+# their last write, ARGV[7] since, ARGV[8] epoch ('' for none), ARGV[9] limit (0: the
+# head only). The entries returned are the
 # ops after `start`, as stored (see above).
 READ = (
     _COMMON
     + """
-local keep = tonumber(ARGV[7])
-local epoch, seq, oldest, bytes, ot = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], keep,
-  0)
+local keep = tonumber(ARGV[6])
+local epoch, seq, oldest, bytes, ot = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], keep, 0)
 local trimmed_oldest, trimmed_bytes, trimmed_ot = trim(KEYS[2], KEYS[3], seq, oldest, bytes, ot,
-  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+  tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
 if trimmed_oldest ~= oldest or trimmed_ot ~= ot then
   redis.call('HSET', KEYS[1], 'oldest', trimmed_oldest, 'bytes', trimmed_bytes, 'ot', trimmed_ot)
 end
 oldest, bytes = trimmed_oldest, trimmed_bytes
-local since, limit = tonumber(ARGV[8]), tonumber(ARGV[10])
+local since, limit = tonumber(ARGV[7]), tonumber(ARGV[9])
 local start, gap = since, 0
-if (since > 0 and ARGV[9] ~= epoch) or since > seq or since + 1 < oldest then
+if (since > 0 and ARGV[8] ~= epoch) or since > seq or since + 1 < oldest then
   start, gap = oldest - 1, 1
 end
 local lines = {}

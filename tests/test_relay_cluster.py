@@ -193,8 +193,9 @@ async def test_new_in_process_broker_gives_sync_gap(
         await pb.close()
 
 
+@pytest.mark.parametrize("data_kept", [False, True], ids=["data-lost", "data-kept"])
 async def test_redis_restart_closes_1012_and_resume_sees_a_new_epoch(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, request: pytest.FixtureRequest, data_kept: bool
 ) -> None:
     import shutil
     import subprocess
@@ -203,7 +204,12 @@ async def test_redis_restart_closes_1012_and_resume_sees_a_new_epoch(
 
     port = free_port()
     args = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
-    args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    # Kept: every write is on disk, so the restarted Redis has the old counter (and may
+    # not have the last writes of a real crash): the new run_id alone marks the change.
+    args += (
+        ["--appendonly", "yes", "--appendfsync", "always"] if data_kept else ["--appendonly", "no"]
+    )
 
     def start_redis() -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -224,15 +230,20 @@ async def test_redis_restart_closes_1012_and_resume_sees_a_new_epoch(
             await pa.recv_type("ack")
             redis_proc.terminate()
             redis_proc.wait(10)
-            redis_proc = start_redis()  # a new run_id, and everything gone
+            redis_proc = start_redis()  # a new run_id (and, unless kept, everything gone)
             code, _ = await pa.closed(timeout=10)
             assert code == 1012  # the bus dropped: sockets resume rather than miss ops
-            await asyncio.sleep(2.5)  # the instance re-reads run_id on its heartbeat
+            # The first write after the restart, before anything else read Redis: already
+            # the first seq of a new history.
+            body = {"book_id": book_id, "payload": payload(8), "timestamp": int(time.time())}
+            sent = await http.post("/api/v1/relay/send", json=body, headers=b.auth())
+            assert sent.status_code == 202 and sent.json()["data"]["seq"] == 1
             pb = await open_peer(srv.ws_url, book_id, b, since=1, epoch=epoch)
             gap = await pb.recv_type("sync_gap")
             assert gap["epoch"] != epoch
+            assert (await pb.recv_type("crdt_operation"))["seq"] == 1
             await pb.op(id="after")
-            assert (await pb.recv_type("ack"))["seq"] == 1
+            assert (await pb.recv_type("ack"))["seq"] == 2
             await pb.close()
     finally:
         redis_proc.terminate()

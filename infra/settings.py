@@ -69,6 +69,7 @@ class Settings:
     backlog_max_ops: int = 10_000
     backlog_max_bytes: int = 64 * MIB
     backlog_max_age_s: int = 7 * 24 * 3600
+    backlog_max_total_bytes: int = 1024 * MIB  # every book's backlog together
     snapshot_max_bytes: int = 64 * MIB
     photo_max_bytes: int = 10 * MIB
     book_quota_bytes: int = 1024 * MIB
@@ -212,6 +213,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     integer("BACKLOG_MAX_OPS", "backlog_max_ops")
     integer("BACKLOG_MAX_BYTES", "backlog_max_bytes")
     integer("BACKLOG_MAX_AGE_S", "backlog_max_age_s")
+    integer("BACKLOG_MAX_TOTAL_BYTES", "backlog_max_total_bytes")
     integer("SNAPSHOT_MAX_BYTES", "snapshot_max_bytes", 1)
     integer("PHOTO_MAX_BYTES", "photo_max_bytes", 1)
     integer("BOOK_QUOTA_BYTES", "book_quota_bytes", 1)

@@ -6,6 +6,7 @@ Never decodes, parses or logs a payload; never sees a raw book_id (only `book_re
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +111,12 @@ def read_plan(head: Head, since: int, epoch: str | None) -> tuple[int, bool]:
 Done = Callable[[Appended | Exception], None]
 
 
+def settle(future: asyncio.Future[Appended | Exception], result: Appended | Exception) -> None:
+    """A `Done` for a waiting caller (who may have gone away meanwhile)."""
+    if not future.done():
+        future.set_result(result)
+
+
 class Sink(Protocol):
     """Where a broker hands what arrives on the bus (the hub of this instance)."""
 
@@ -166,6 +173,11 @@ class Broker(Protocol):
 
     async def unlisten(self, book_ref: str) -> None: ...
 
+    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
+        """The retained ops up to `seq` go (a completed snapshot covers them), if `epoch`
+        is still the book's."""
+        ...
+
     async def drop_book(self, book_ref: str) -> None:
         """Erasure: the backlog, counters and socket records of the book are gone."""
         ...
@@ -194,19 +206,23 @@ class BacklogLimits:
     max_ops: int
     max_bytes: int
     max_age_s: int
+    max_total_bytes: int  # every book's together
 
     @classmethod
     def of(cls, s: Settings) -> BacklogLimits:
-        return cls(s.backlog_max_ops, s.backlog_max_bytes, s.backlog_max_age_s)
+        return cls(
+            s.backlog_max_ops, s.backlog_max_bytes, s.backlog_max_age_s, s.backlog_max_total_bytes
+        )
 
 
 def open_broker(settings: Settings, redis: Callable[[], Any], clock: Clock) -> Broker:
-    """Redis when REDIS_URL is set (many instances act as one), else in-process."""
+    """Redis when REDIS_URL is set (many instances act as one), else the embedded
+    broker: in-process, its backlog in the data dir."""
     limits = BacklogLimits.of(settings)
     if settings.redis_url:
         from relay.redis_broker import RedisBroker  # production dependency, lazily
 
         return RedisBroker(redis, settings.redis_url, limits, clock)
-    from relay.memory import MemoryBroker
+    from relay.embedded import EmbeddedBroker
 
-    return MemoryBroker(limits, clock)
+    return EmbeddedBroker(settings.data_dir, limits, clock)

@@ -42,8 +42,16 @@ from relay.broker import (
     new_epoch,
     op_line,
     op_tail,
+    settle,
 )
-from relay.redis_scripts import APPEND_BATCH, READ, TAKE_REFUND
+from relay.redis_scripts import (
+    APPEND_BATCH,
+    FORGET_SIZE,
+    READ,
+    SWEEP_SIZES,
+    TAKE_REFUND,
+    TRIM_THROUGH,
+)
 from relay.redis_sub import Subscriber
 from relay.resp import Arg, CommandConnection, ReplyError, pack
 
@@ -53,6 +61,9 @@ BEAT_S = 2.0
 ALIVE_TTL_S = 6  # an instance silent this long is dead
 PREFIX = "hp:r:"
 INSTANCES = PREFIX + "instances"
+# Every book's retained bytes (a sorted set by meta key) and their sum: the bound on the
+# whole backlog trims the biggest books first. The last two keys of every backlog script.
+TOTALS = (PREFIX + "sizes", PREFIX + "total")
 KEEP_EXTRA_S = 24 * 3600  # backlog keys outlive their newest op by max age + a day
 # Bytes of ops this instance published and has not yet received back on its own
 # subscription may reach this share of Redis's pub/sub output-buffer limit; above it,
@@ -132,6 +143,7 @@ class RedisBroker:
         self._batch_bytes = 0
         self._flush_soon = False
         self._in_flight = 0  # batches sent, not yet answered
+        self._sweep_cursor = "0"
 
     # Lifecycle.
     async def start(self, sink: Sink) -> None:
@@ -163,7 +175,14 @@ class RedisBroker:
         await self._r.ping()
 
     async def _load(self) -> None:
-        for name, text in (("append", APPEND_BATCH), ("read", READ), ("refund", TAKE_REFUND)):
+        for name, text in (
+            ("append", APPEND_BATCH),
+            ("read", READ),
+            ("refund", TAKE_REFUND),
+            ("trim", TRIM_THROUGH),
+            ("forget", FORGET_SIZE),
+            ("sweep", SWEEP_SIZES),
+        ):
             self._sha[name] = await self._r.script_load(text)
         self._budget = await self._bus_budget()
 
@@ -275,7 +294,7 @@ class RedisBroker:
     # Backlog.
     async def append(self, book_ref: str, op: NewOp) -> Appended:
         future: asyncio.Future[Appended | Exception] = asyncio.get_running_loop().create_future()
-        await self.append_then(book_ref, op, partial(_settle, future))
+        await self.append_then(book_ref, op, partial(settle, future))
         result = await future
         if isinstance(result, Exception):
             raise result
@@ -345,6 +364,7 @@ class RedisBroker:
             max(entry[1].now for entry in batch),
             *self._limit_args,
             2 * IDEMPOTENCY_TTL_S,
+            self._limits.max_total_bytes,
             len(books),
         ]
         pushes: list[bytes] = [MULTI]
@@ -374,7 +394,11 @@ class RedisBroker:
                 pushes.append(pack(b"RPUSH", prefix + "l", *texts))
             publishes.append(pack(b"PUBLISH", prefix + "c", "\n".join(["t", *texts])))
         sent = _Sent(
-            batch, where, pushes, publishes, (len(keys) + len(id_keys), *keys, *id_keys, *args)
+            batch,
+            where,
+            pushes,
+            publishes,
+            (len(keys) + len(id_keys) + 2, *keys, *id_keys, *TOTALS, *args),
         )
         self._in_flight += 1
         self._send(sent, pack(b"EVALSHA", self._sha["append"], *sent.script_args), True)
@@ -434,7 +458,7 @@ class RedisBroker:
     async def _read(
         self, book_ref: str, since: int, epoch: str | None, limit: int, now: int
     ) -> History:
-        keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]
+        keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t"), *TOTALS]
         args = [new_epoch(), now, *self._limit_args, since, epoch or "", limit]
         result = await self._script("read", keys, args)
         ep, seq, oldest, size, gap, start, entries = result
@@ -445,7 +469,12 @@ class RedisBroker:
         ]
         return History(head, int(start), bool(gap), lines)
 
+    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
+        keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t"), *TOTALS]
+        await self._script("trim", keys, [new_epoch(), self._limit_args[3], epoch, seq])
+
     async def drop_book(self, book_ref: str) -> None:
+        await self._script("forget", [_k(book_ref, "m"), *TOTALS], [])
         doomed = [_k(book_ref, p) for p in ("m", "l", "t", "s")]
         async for key in self._r.scan_iter(match=_k(book_ref, "i:*"), count=500):
             doomed.append(key)
@@ -507,6 +536,8 @@ class RedisBroker:
         _, _, dead = await pipe.execute()
         for instance in dead:
             await self._reap(instance.decode())
+        # A slice of the sizes set checked against the books (keys that expired).
+        self._sweep_cursor = (await self._script("sweep", [*TOTALS], [self._sweep_cursor])).decode()
 
     async def _beat_forever(self) -> None:
         await every(
@@ -538,8 +569,3 @@ class RedisBroker:
                 await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
         await self._r.delete(books_key)
         await self._r.zrem(INSTANCES, instance)
-
-
-def _settle(future: asyncio.Future[Appended | Exception], result: Appended | Exception) -> None:
-    if not future.done():
-        future.set_result(result)

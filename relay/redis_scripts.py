@@ -30,6 +30,20 @@ from __future__ import annotations
 # seq, however late an instance learns of it.
 _COMMON = """
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local SIZES, TOTAL = KEYS[#KEYS - 1], KEYS[#KEYS]
+
+-- A book's retained bytes, by its meta key, in the sizes set and the total.
+local function setbytes(mk, bytes)
+  local old = tonumber(redis.call('ZSCORE', SIZES, mk) or '0')
+  if bytes > 0 then
+    redis.call('ZADD', SIZES, bytes, mk)
+  else
+    redis.call('ZREM', SIZES, mk)
+  end
+  if bytes ~= old then
+    redis.call('INCRBY', TOTAL, bytes - old)
+  end
+end
 
 local function head(mk, lk, tk, fresh_epoch, keep, pushed)
   local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'oldest', 'bytes', 'ot', 'x')
@@ -44,6 +58,7 @@ local function head(mk, lk, tk, fresh_epoch, keep, pushed)
       redis.call('DEL', lk)
     end
     redis.call('DEL', tk)
+    setbytes(mk, 0)
     redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'oldest', 1, 'bytes', 0,
                'ot', 0)
     redis.call('EXPIRE', mk, keep)
@@ -103,6 +118,59 @@ local function trim(lk, tk, seq, oldest, bytes, ot, now, max_ops, max_bytes, max
   redis.call('DEL', lk, tk)
   return seq + 1, 0, 0
 end
+
+-- Bring one book (by its meta key) down to `level` bytes; returns the bytes it gave up.
+-- A book whose keys are gone, or written before a restart, holds nothing any more.
+local function shrink(mk, level, now, max_ops, max_bytes, max_age)
+  local base = string.sub(mk, 1, -2)
+  local old = tonumber(redis.call('ZSCORE', SIZES, mk) or '0')
+  local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'oldest', 'bytes', 'ot')
+  if (not m[1]) or m[3] ~= run then
+    setbytes(mk, 0)
+    return old
+  end
+  local oldest, bytes, ot = trim(base .. 'l', base .. 't', tonumber(m[2]), tonumber(m[4]),
+    tonumber(m[5]), tonumber(m[6]), now, max_ops, math.min(max_bytes, level), max_age)
+  redis.call('HSET', mk, 'oldest', oldest, 'bytes', bytes, 'ot', ot)
+  setbytes(mk, bytes)
+  return old - bytes
+end
+
+-- Every book's backlog together over `max_total`: the books holding the most give up
+-- their oldest ops first, down to a common level, until the total is a 64th below the
+-- bound (so this search runs once per that many bytes of appends, not on every one).
+local function bound_total(now, max_ops, max_bytes, max_age, max_total)
+  local total = tonumber(redis.call('GET', TOTAL) or '0')
+  if total <= max_total then
+    return
+  end
+  local target = max_total - math.floor(max_total / 64)
+  for _ = 1, 16 do
+    local excess = total - target
+    if excess <= 0 then
+      return
+    end
+    local top = redis.call('ZREVRANGE', SIZES, 0, 64, 'WITHSCORES')
+    local n = #top / 2
+    if n == 0 then
+      return
+    end
+    local held, level = 0, 0
+    for k = 1, math.min(n, 64) do
+      held = held + tonumber(top[2 * k])
+      level = (k < n) and tonumber(top[2 * k + 2]) or 0
+      if held - k * level >= excess then
+        level = math.floor((held - excess) / k)
+        break
+      end
+    end
+    for k = 1, math.min(n, 64) do
+      if tonumber(top[2 * k]) > level then
+        total = total - shrink(top[2 * k - 1], level, now, max_ops, max_bytes, max_age)
+      end
+    end
+  end
+end
 """
 
 # A batch of appends, any books, run inside the batch's transaction, after the RPUSH of
@@ -111,8 +179,8 @@ end
 # names k with KEYS[k] its device's ids of the op's day and KEYS[k+1] of the day before
 # (a batch never spans two days).
 # ARGV[1] now, ARGV[2..4] max ops, bytes, age, ARGV[5] how long a book's keys outlive
-# their last write, ARGV[6] how long a client id is remembered, ARGV[7] the number of
-# books; then per book: a fresh
+# their last write, ARGV[6] how long a client id is remembered, ARGV[7] the bound on
+# every book's bytes together, ARGV[8] the number of books; then per book: a fresh
 # epoch, its channel, its number of ops, and per op (5 each): client id ('' for none),
 # origin connection, "time:size", size (of the op's text), k.
 # Per book: the head read once, the ids looked up with one HMGET per id hash, the
@@ -129,11 +197,11 @@ APPEND_BATCH = (
     + """
 local now = tonumber(ARGV[1])
 local max_ops, max_bytes, max_age = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local keep, id_ttl = tonumber(ARGV[5]), ARGV[6]
+local keep, id_ttl, max_total = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local out = {}
 local fresh = {}  -- KEYS index -> {client id -> "seq:time:size:epoch"} written by this batch
-local a = 8
-for b = 0, tonumber(ARGV[7]) - 1 do
+local a = 9
+for b = 0, tonumber(ARGV[8]) - 1 do
   local mk, lk, tk = KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]
   local chan, n = ARGV[a + 1], tonumber(ARGV[a + 2])
   local pushed = max_ops > 0 and n or 0
@@ -237,6 +305,7 @@ for b = 0, tonumber(ARGV[7]) - 1 do
       redis.call('EXPIRE', tk, keep)
     end
     redis.call('HSET', mk, 'seq', seq, 'oldest', oldest, 'bytes', bytes, 'ot', ot, 'x', x)
+    setbytes(mk, bytes)
   end
   redis.call('PUBLISH', chan, table.concat(parts))
 end
@@ -249,11 +318,13 @@ for k, ids in pairs(fresh) do
   redis.call('HSET', KEYS[k], unpack(fields))
   redis.call('EXPIRE', KEYS[k], id_ttl)
 end
+bound_total(now, max_ops, max_bytes, max_age, max_total)
 return out
 """
 )
 
-# KEYS[1] meta hash, KEYS[2] op list, KEYS[3] times list. ARGV[1] a fresh epoch,
+# KEYS[1] meta hash, KEYS[2] op list, KEYS[3] times list, KEYS[4] the sizes set,
+# KEYS[5] the total (as every script of _COMMON: the last two). ARGV[1] a fresh epoch,
 # ARGV[2] now, ARGV[3..5] max ops, bytes, age, ARGV[6] how long the book's keys outlive
 # their last write, ARGV[7] since, ARGV[8] epoch ('' for none), ARGV[9] limit (0: the
 # head only). The entries returned are the
@@ -267,6 +338,7 @@ local trimmed_oldest, trimmed_bytes, trimmed_ot = trim(KEYS[2], KEYS[3], seq, ol
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
 if trimmed_oldest ~= oldest or trimmed_ot ~= ot then
   redis.call('HSET', KEYS[1], 'oldest', trimmed_oldest, 'bytes', trimmed_bytes, 'ot', trimmed_ot)
+  setbytes(KEYS[1], trimmed_bytes)
 end
 oldest, bytes = trimmed_oldest, trimmed_bytes
 local since, limit = tonumber(ARGV[7]), tonumber(ARGV[9])
@@ -292,3 +364,63 @@ if n > 0 then
 end
 return 0
 """
+
+# The retained ops up to a seq go (a completed snapshot covers them), if the epoch is
+# still the book's. KEYS as READ's; ARGV[1] a fresh epoch, ARGV[2] how long the book's
+# keys outlive their last write, ARGV[3] the snapshot's epoch, ARGV[4] its covers_seq.
+TRIM_THROUGH = (
+    _COMMON
+    + """
+local mk, lk, tk = KEYS[1], KEYS[2], KEYS[3]
+local epoch, seq, oldest, bytes = head(mk, lk, tk, ARGV[1], tonumber(ARGV[2]), 0)
+local through = math.min(tonumber(ARGV[4]), seq)
+if epoch ~= ARGV[3] or through < oldest then
+  return 0
+end
+local drop = through - oldest + 1
+local entries = redis.call('LRANGE', tk, 0, drop - 1)
+for j = 1, #entries do
+  local e = entries[j]
+  bytes = bytes - tonumber(string.sub(e, string.find(e, ':', 1, true) + 1))
+end
+redis.call('LTRIM', lk, drop, -1)
+redis.call('LTRIM', tk, drop, -1)
+local ot = 0
+local next_entry = redis.call('LINDEX', tk, 0)
+if next_entry then
+  ot = tonumber(string.sub(next_entry, 1, string.find(next_entry, ':', 1, true) - 1))
+end
+redis.call('HSET', mk, 'oldest', through + 1, 'bytes', bytes, 'ot', ot)
+setbytes(mk, bytes)
+return drop
+"""
+)
+
+# Erasure's part of the sizes: KEYS[1] the book's meta key, then the sizes and total.
+FORGET_SIZE = (
+    _COMMON
+    + """
+setbytes(KEYS[1], 0)
+return 0
+"""
+)
+
+# The sizes set against the books it names, a slice per call (a book whose keys expired
+# or predate a restart holds nothing). KEYS: the sizes set and total; ARGV[1] the cursor.
+# Returns the next cursor ("0": a whole pass done).
+SWEEP_SIZES = (
+    _COMMON
+    + """
+local r = redis.call('ZSCAN', SIZES, ARGV[1], 'COUNT', 100)
+local items = r[2]
+for i = 1, #items, 2 do
+  local m = redis.call('HMGET', items[i], 'epoch', 'run', 'bytes')
+  if (not m[1]) or m[2] ~= run then
+    setbytes(items[i], 0)
+  elseif tonumber(m[3]) ~= tonumber(items[i + 1]) then
+    setbytes(items[i], tonumber(m[3]))
+  end
+end
+return r[1]
+"""
+)

@@ -175,7 +175,7 @@ async def test_flushall_gives_a_new_epoch_and_sync_gap(shared: Settings) -> None
         await pb.close()
 
 
-async def test_new_in_process_broker_gives_sync_gap(
+async def test_embedded_restart_keeps_the_epoch_and_a_new_store_gives_a_gap(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     s = make_settings("embedded", tmp_path, request)
@@ -184,8 +184,15 @@ async def test_new_in_process_broker_gives_sync_gap(
         pa = await open_peer(srv.ws_url, book_id, a)
         epoch = pa.welcome["epoch"]  # type: ignore[attr-defined]
         await pa.op(id="x")
-        await pa.recv_type("ack")
+        assert (await pa.recv_type("ack"))["seq"] == 1
         await pa.close()
+    async with InProcessServer(s) as srv:  # the same data dir: the same history
+        pb = await open_peer(srv.ws_url, book_id, b, since=0)
+        assert pb.welcome["epoch"] == epoch  # type: ignore[attr-defined]
+        assert (await pb.recv_type("crdt_operation", "sync_gap"))["seq"] == 1
+        assert (await pb.recv_type("sync_complete"))["latest_seq"] == 1
+        await pb.close()
+    (s.data_dir / "backlog.sqlite3").unlink()  # a new store: the history is gone
     async with InProcessServer(s) as srv:
         pb = await open_peer(srv.ws_url, book_id, b, since=1, epoch=epoch)
         gap = await pb.recv_type("sync_gap")

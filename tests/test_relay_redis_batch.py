@@ -163,7 +163,9 @@ async def test_two_books_in_one_batch(make_broker: Make) -> None:
 
 
 async def test_trim_within_and_across_batches(make_broker: Make) -> None:
-    broker, _ = await make_broker(BacklogLimits(max_ops=3, max_bytes=1 << 20, max_age_s=3600, max_total_bytes=1 << 30))
+    broker, _ = await make_broker(
+        BacklogLimits(max_ops=3, max_bytes=1 << 20, max_age_s=3600, max_total_bytes=1 << 30)
+    )
     b = book()
     await in_one_turn(broker, [(b, new_op(broker, "d", None, i)) for i in range(5)])
     head = await broker.head(b, int(time.time()))
@@ -185,13 +187,17 @@ async def test_trim_by_bytes_and_keeping_nothing(make_broker: Make) -> None:
         ',"payload":"cGF5bG9hZA000000","timestamp":'
         f'{int(time.time())},"device_id":"d","relay_timestamp":{int(time.time())}}}'
     )
-    two = BacklogLimits(max_ops=100, max_bytes=2 * text_size + 1, max_age_s=3600, max_total_bytes=1 << 30)
+    two = BacklogLimits(
+        max_ops=100, max_bytes=2 * text_size + 1, max_age_s=3600, max_total_bytes=1 << 30
+    )
     broker, _ = await make_broker(two)
     b = book()
     await in_one_turn(broker, [(b, new_op(broker, "d", None, i)) for i in range(4)])
     head = await broker.head(b, int(time.time()))
     assert (head.latest_seq, head.oldest_seq) == (4, 3)
-    none, _ = await make_broker(BacklogLimits(max_ops=0, max_bytes=1 << 20, max_age_s=3600, max_total_bytes=1 << 30))
+    none, _ = await make_broker(
+        BacklogLimits(max_ops=0, max_bytes=1 << 20, max_age_s=3600, max_total_bytes=1 << 30)
+    )
     b0 = book()
     results = await in_one_turn(none, [(b0, new_op(none, "d", f"i{i}", i)) for i in range(3)])
     assert [r.seq for r in results if isinstance(r, Appended)] == [1, 2, 3]

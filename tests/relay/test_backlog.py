@@ -1,0 +1,257 @@
+"""The backlog on both brokers, driven directly: the embedded one on its SQLite file in
+a temporary data dir, the Redis one on a real redis-server. Same answers from both:
+retries acked with the first seq, the whole backlog bounded with the biggest books
+trimmed first, ops a snapshot covers trimmed; and on the embedded one, a restart that
+keeps every acked op under the same epoch, a lost store that does not."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from relay import durable
+from relay.broker import BacklogLimits, Broker, NewOp, op_tail
+from relay.embedded import EmbeddedBroker
+from relay.redis_broker import RedisBroker
+
+BIG = 1 << 30
+
+
+def limits(**overrides: int) -> BacklogLimits:
+    base = {"max_ops": 1000, "max_bytes": BIG, "max_age_s": 3600, "max_total_bytes": BIG}
+    return BacklogLimits(**{**base, **overrides})
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+
+    def on_op(self, book_ref: str, origin: str, seq: int, line: str) -> None:
+        self.seqs.append(seq)
+
+    def on_ops(self, book_ref: str, seq: int, origins: list[str], lines: list[str]) -> None:
+        self.seqs.extend(range(seq, seq + len(lines)))
+
+    def on_control(self, book_ref: str, control: dict[str, Any]) -> None:
+        return None
+
+    def on_bus_lost(self) -> None:
+        return None
+
+
+Make = Callable[[BacklogLimits], Awaitable[Broker]]
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
+    made: list[Broker] = []
+    clients: list[Any] = []
+
+    async def build(lim: BacklogLimits) -> Broker:
+        broker: Broker
+        if request.param == "embedded":
+            broker = EmbeddedBroker(tmp_path / "data", lim, time.time)
+        else:
+            url = request.getfixturevalue("redis_url")
+            client = aioredis.from_url(url)
+            clients.append(client)
+            if not made:
+                await client.flushall()
+            broker = RedisBroker(lambda: client, url, lim, time.time)
+        await broker.start(Sink())
+        made.append(broker)
+        return broker
+
+    yield build
+    for broker in made:
+        await broker.stop()
+    for client in clients:
+        await client.aclose()
+
+
+def op(cid: str | None = None, size: int = 100, now: int | None = None) -> NewOp:
+    payload = "A" * size
+    return NewOp("d" * 32, cid, payload, 1, "", int(time.time()) if now is None else now)
+
+
+def op_bytes(size: int = 100) -> int:
+    """What one op counts against the limits: its stored text."""
+    return len(op_tail("A" * size, 1, "d" * 32, int(time.time())))
+
+
+def book() -> str:
+    return secrets.token_hex(32)
+
+
+async def test_a_retry_is_acked_with_the_first_seq_even_in_the_same_batch(make: Make) -> None:
+    broker = await make(limits())
+    ref = book()
+    first = await broker.append(ref, op("a"))
+    results = await asyncio.gather(
+        broker.append(ref, op("b")), broker.append(ref, op("a")), broker.append(ref, op("b"))
+    )
+    assert (first.seq, first.duplicate) == (1, False)
+    assert [(r.seq, r.duplicate) for r in results] == [(2, False), (1, True), (2, True)]
+    history = await broker.history(ref, 0, None, 100)
+    assert history.head.latest_seq == 2 and len(history.lines) == 2
+
+
+async def test_the_total_bound_trims_the_biggest_book_first(make: Make) -> None:
+    size = op_bytes()
+    # Room for 30 ops in all: the big book (40 ops) gives up its oldest, the small one
+    # (5 ops) keeps every op.
+    broker = await make(limits(max_total_bytes=30 * size))
+    small, big = book(), book()
+    for _ in range(5):
+        await broker.append(small, op())
+    for _ in range(40):
+        await broker.append(big, op())
+    now = int(time.time())
+    kept_small = await broker.head(small, now)
+    kept_big = await broker.head(big, now)
+    assert (kept_small.oldest_seq, kept_small.latest_seq) == (1, 5)
+    assert kept_big.latest_seq == 40 and kept_big.oldest_seq > 1
+    assert kept_small.retained_bytes + kept_big.retained_bytes <= 30 * size
+    # What was trimmed is a gap for whoever asks for it; what is kept is served whole.
+    history = await broker.history(big, 1, kept_big.epoch, 100)
+    assert history.gap and history.start == kept_big.oldest_seq - 1
+    assert len(history.lines) == kept_big.retained_ops
+
+
+async def test_the_bound_levels_the_biggest_books_down_together(make: Make) -> None:
+    size = op_bytes()
+    broker = await make(limits(max_total_bytes=40 * size))
+    a, b, c = book(), book(), book()
+    for ref, count in ((c, 4), (a, 20), (b, 20)):
+        for _ in range(count):
+            await broker.append(ref, op())
+    await broker.append(a, op())  # over the bound now: a and b go down to one level
+    now = int(time.time())
+    heads = [await broker.head(ref, now) for ref in (a, b, c)]
+    assert heads[2].retained_ops == 4
+    assert abs(heads[0].retained_ops - heads[1].retained_ops) <= 2
+    assert sum(h.retained_bytes for h in heads) <= 40 * size
+
+
+async def test_trim_through_drops_covered_ops_of_the_current_epoch_only(make: Make) -> None:
+    broker = await make(limits())
+    ref = book()
+    for _ in range(10):
+        await broker.append(ref, op())
+    head = await broker.head(ref, int(time.time()))
+    await broker.trim_through(ref, "another-epoch", 8)
+    assert (await broker.head(ref, int(time.time()))).oldest_seq == 1
+    await broker.trim_through(ref, head.epoch, 6)
+    after = await broker.head(ref, int(time.time()))
+    assert (after.oldest_seq, after.latest_seq) == (7, 10)
+    assert after.retained_bytes == 4 * op_bytes()
+    history = await broker.history(ref, 6, head.epoch, 100)
+    assert not history.gap
+    assert [orjson.loads(line)["seq"] for line in history.lines] == [7, 8, 9, 10]
+    assert (await broker.history(ref, 5, head.epoch, 100)).gap
+
+
+async def test_ops_past_the_age_limit_go(make: Make) -> None:
+    broker = await make(limits(max_age_s=100))
+    ref = book()
+    now = int(time.time())
+    for at in (now - 500, now - 400, now - 10):
+        await broker.append(ref, op(now=at))
+    head = await broker.head(ref, now)
+    assert (head.oldest_seq, head.latest_seq) == (3, 3)
+
+
+# The embedded store across restarts.
+
+
+async def embedded(data: Path, lim: BacklogLimits | None = None) -> EmbeddedBroker:
+    broker = EmbeddedBroker(data, lim or limits(), time.time)
+    await broker.start(Sink())
+    return broker
+
+
+async def test_a_restart_keeps_the_epoch_every_op_and_the_client_ids(tmp_path: Path) -> None:
+    ref = book()
+    first = await embedded(tmp_path)
+    for n in range(5):
+        await first.append(ref, op(f"id{n}"))
+    head = await first.head(ref, int(time.time()))
+    await first.stop()
+
+    again = await embedded(tmp_path)
+    try:
+        assert await again.head(ref, int(time.time())) == head
+        retry = await again.append(ref, op("id3"))
+        assert (retry.seq, retry.duplicate) == (4, True)
+        assert (await again.append(ref, op("id5"))).seq == 6
+        history = await again.history(ref, 2, head.epoch, 100)
+        assert not history.gap and [orjson.loads(x)["seq"] for x in history.lines] == [3, 4, 5, 6]
+    finally:
+        await again.stop()
+
+
+async def test_a_crash_without_a_clean_close_keeps_what_was_committed(tmp_path: Path) -> None:
+    ref = book()
+    first = await embedded(tmp_path)
+    for _ in range(3):
+        await first.append(ref, op())
+    head = await first.head(ref, int(time.time()))
+    # No stop(): the process died. Its commits are in the file (the OS has them).
+    again = await embedded(tmp_path)
+    try:
+        assert await again.head(ref, int(time.time())) == head
+    finally:
+        await again.stop()
+
+
+async def test_a_machine_crash_or_a_lost_file_gives_new_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boot = tmp_path / "boot_id"
+    boot.write_text("boot-1\n")
+    monkeypatch.setattr(durable, "BOOT_ID", boot)
+    ref = book()
+    first = await embedded(tmp_path)
+    await first.append(ref, op())
+    epoch = (await first.head(ref, int(time.time()))).epoch
+    # Not closed, and the machine booted again: writes may have been lost with it.
+    boot.write_text("boot-2\n")
+    second = await embedded(tmp_path)
+    head = await second.head(ref, int(time.time()))
+    assert head.epoch != epoch and head.latest_seq == 0
+    await second.append(ref, op())
+    await second.stop()
+    # A clean close, then a reboot: nothing was lost.
+    boot.write_text("boot-3\n")
+    third = await embedded(tmp_path)
+    assert (await third.head(ref, int(time.time()))).latest_seq == 1
+    epoch = (await third.head(ref, int(time.time()))).epoch
+    await third.stop()
+    (tmp_path / durable.FILE_NAME).unlink()
+    fourth = await embedded(tmp_path)
+    try:
+        assert (await fourth.head(ref, int(time.time()))).epoch != epoch
+    finally:
+        await fourth.stop()
+
+
+async def test_erasure_forgets_the_book_and_its_client_ids(tmp_path: Path) -> None:
+    ref = book()
+    broker = await embedded(tmp_path)
+    try:
+        await broker.append(ref, op("x"))
+        epoch = (await broker.head(ref, int(time.time()))).epoch
+        await broker.drop_book(ref)
+        again = await broker.append(ref, op("x"))
+        assert (again.seq, again.duplicate) == (1, False)
+        assert (await broker.head(ref, int(time.time()))).epoch != epoch
+    finally:
+        await broker.stop()

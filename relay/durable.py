@@ -3,9 +3,12 @@ op ids in one SQLite file in the data dir, so a restart, clean or crash, keeps e
 acked op under the same epoch.
 
 Runs on the event loop's thread, one transaction per batch of appends (all appends of
-a loop turn): SQLite commits a batch in tens of microseconds, and a second thread would
-only add hand-offs and a contended GIL. Only the per-book heads live in memory (a few
-numbers per book); the ops are read back from the file.
+a loop turn): a second thread would only add hand-offs and a contended GIL. What a
+commit writes is kept small, since SQLite writes whole pages: a book's new ops of a
+batch go in one row (a "chunk"), rows are appended in order (no index to update: each
+book's list of its chunks is kept in memory, 16 bytes a chunk), and client ids are
+appended to a log, one row per batch, and looked up in memory (they are read back from
+the log at start).
 
 Durability: WAL with `synchronous=OFF`. A commit is in the OS's page cache before the
 ack, which is all that a crash or `kill -9` of the process can lose; only a crash of the
@@ -20,11 +23,15 @@ op ids, times, sizes and the forwarded op's JSON (ciphertext payload) only.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import sqlite3
+import time
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay.broker import (
@@ -41,9 +48,6 @@ log = logging.getLogger("homepocket.relay")
 
 FILE_NAME = "backlog.sqlite3"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-SEQ_BITS = 40  # an op's row id is its book's number << SEQ_BITS | seq
-SEQ_MASK = (1 << SEQ_BITS) - 1
-ID_EXPIRY_CHUNK = 2000  # client ids forgotten per pass (bounds one pass's pause)
 # Over the total bound, books are trimmed this much further below it, so the search
 # for the biggest books runs once per this many bytes of appends, not on every one.
 TOTAL_SLACK_SHARE = 64
@@ -51,43 +55,50 @@ TOTAL_SLACK_SHARE = 64
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS books (
-    no          INTEGER PRIMARY KEY,  -- the high bits of its ops' row ids
+    no          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
     book_ref    TEXT NOT NULL UNIQUE, -- HMAC of the book id, never the id
     epoch       TEXT NOT NULL,
-    seq         INTEGER NOT NULL,     -- latest seq (0: no op yet)
-    oldest      INTEGER NOT NULL,     -- oldest retained seq (seq + 1: none)
-    cum         INTEGER NOT NULL,     -- bytes of every op of this epoch
+    oldest      INTEGER NOT NULL,     -- oldest retained seq
     trimmed     INTEGER NOT NULL      -- bytes of the ops trimmed away
 );
-CREATE TABLE IF NOT EXISTS ops (
-    id          INTEGER PRIMARY KEY,  -- book no << 40 | seq
-    at          INTEGER NOT NULL,     -- relay time, Unix seconds
-    before      INTEGER NOT NULL,     -- the book's `cum` before this op
-    tail        TEXT NOT NULL         -- the forwarded op's JSON after its seq
-);
-CREATE TABLE IF NOT EXISTS op_ids (   -- client op ids, remembered 24 h; rowid in time order
+-- A book's new ops of one batch, consecutive seqs, in one row, appended in order.
+-- A book's seq and byte count are those of its last chunk (its books row when none).
+CREATE TABLE IF NOT EXISTS chunks (
+    id          INTEGER PRIMARY KEY,
     book_no     INTEGER NOT NULL,
-    device_id   TEXT NOT NULL,
-    client_id   TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    relay_at    INTEGER NOT NULL,
-    UNIQUE (book_no, device_id, client_id)
+    last        INTEGER NOT NULL,     -- seq of its last op; its first follows the
+                                      -- book's previous chunk
+    at          INTEGER NOT NULL,     -- relay time of its newest op, Unix seconds
+    cum         INTEGER NOT NULL,     -- the book's bytes of ops, this chunk's included
+    tails       TEXT NOT NULL         -- each op's JSON after its seq, one per line
+);
+-- Client op ids of one batch: "book_no device_id seq relay_at client_id" lines.
+CREATE TABLE IF NOT EXISTS id_log (
+    id          INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    entries     TEXT NOT NULL
 );
 """
 
 
 @dataclass(slots=True)
 class BookState:
-    """A book's head, mirrored in the `books` row written in the same transaction."""
+    """A book's head, and where its retained ops are in the file."""
 
     no: int
     book_ref: str
     epoch: str
     seq: int = 0
     oldest: int = 1
-    cum: int = 0
-    trimmed: int = 0
-    oldest_at: int = 0  # relay time of the oldest retained op (0: none, or not known)
+    cum: int = 0  # bytes of every op of this epoch
+    trimmed: int = 0  # bytes of the ops trimmed away
+    oldest_at: int = 0  # relay time of the oldest retained op's chunk (0: none)
+    # Its chunks still in the file, oldest first, from `lo` on: last seq and row id.
+    lasts: array[int] = field(default_factory=lambda: array("q"))
+    rows: array[int] = field(default_factory=lambda: array("q"))
+    lo: int = 0
+    # Client op ids: (device_id, client_id) -> (seq, relay time), oldest first.
+    ids: OrderedDict[tuple[str, str], tuple[int, int]] = field(default_factory=OrderedDict)
 
     @property
     def bytes(self) -> int:
@@ -96,14 +107,28 @@ class BookState:
     def head(self) -> Head:
         return Head(self.epoch, self.seq, self.oldest, self.bytes)
 
-    def row(self) -> tuple[str, int, int, int, int, int]:
-        return (self.epoch, self.seq, self.oldest, self.cum, self.trimmed, self.no)
+    def row(self) -> tuple[str, int, int, int]:
+        return (self.epoch, self.oldest, self.trimmed, self.no)
 
-    def saved(self) -> tuple[int, int, int, int, int]:
-        return (self.seq, self.oldest, self.cum, self.trimmed, self.oldest_at)
+    def saved(self) -> tuple[int, int, int, int, int, int]:
+        return (self.seq, self.oldest, self.cum, self.trimmed, self.oldest_at, len(self.lasts))
 
-    def restore(self, saved: tuple[int, int, int, int, int]) -> None:
-        self.seq, self.oldest, self.cum, self.trimmed, self.oldest_at = saved
+    def restore(self, saved: tuple[int, int, int, int, int, int]) -> None:
+        self.seq, self.oldest, self.cum, self.trimmed, self.oldest_at, chunks = saved
+        del self.lasts[chunks:]
+        del self.rows[chunks:]
+
+    def chunk_index(self, seq: int) -> int:
+        """Where in `lasts` the chunk holding `seq` is (len(lasts) when none)."""
+        return bisect.bisect_left(self.lasts, seq, self.lo)
+
+    def forget_chunks(self, upto: int) -> None:
+        """The chunks before index `upto` are gone from the file."""
+        self.lo = upto
+        if self.lo > 64 and self.lo * 2 > len(self.lasts):  # shrink now and then
+            del self.lasts[: self.lo]
+            del self.rows[: self.lo]
+            self.lo = 0
 
 
 class StoreError(Exception):
@@ -117,17 +142,20 @@ def boot_id() -> str:
         return ""
 
 
+Batch = list[tuple[str, NewOp, str]]  # (book_ref, op, the op's JSON after its seq)
+
+
 class DurableBacklog:
     def __init__(self, path: Path, limits: BacklogLimits) -> None:
         self.path = path
         self.limits = limits
         self.books: dict[str, BookState] = {}
         self.total = 0  # retained bytes of every book
+        self._by_no: dict[int, BookState] = {}
         self._db: sqlite3.Connection | None = None
-        self._next_no = 1
 
     # Lifecycle.
-    def open(self) -> None:
+    def open(self, now: int | None = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = self._connect()
@@ -142,7 +170,7 @@ class DurableBacklog:
             db = self._connect()
         self._db = db
         self._mark_running(db)
-        self._load(db)
+        self._load(db, int(time.time()) if now is None else now)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -173,14 +201,33 @@ class DurableBacklog:
         )
         db.execute("PRAGMA synchronous=OFF")
 
-    def _load(self, db: sqlite3.Connection) -> None:
-        rows = db.execute("SELECT no, book_ref, epoch, seq, oldest, cum, trimmed FROM books")
-        for no, book_ref, epoch, seq, oldest, cum, trimmed in rows:
-            book = BookState(no, book_ref, epoch, seq, oldest, cum, trimmed)
-            book.oldest_at = self._at(book, oldest)
-            self.books[book_ref] = book
+    def _load(self, db: sqlite3.Connection, now: int) -> None:
+        for no, book_ref, epoch, oldest, trimmed in db.execute(
+            "SELECT no, book_ref, epoch, oldest, trimmed FROM books"
+        ).fetchall():
+            book = BookState(no, book_ref, epoch, oldest - 1, oldest, trimmed, trimmed)
+            self.books[book_ref] = self._by_no[no] = book
+        # Chunks in append order: each book's last one gives its seq and byte count.
+        for row, no, last, at, cum in db.execute(
+            "SELECT id, book_no, last, at, cum FROM chunks ORDER BY id"
+        ):
+            book = self._by_no[no]
+            if not book.lasts:
+                book.oldest_at = at
+            book.lasts.append(last)
+            book.rows.append(row)
+            book.seq, book.cum = last, cum
+        for book in self.books.values():
             self.total += book.bytes
-            self._next_no = max(self._next_no, no + 1)
+        horizon = now - IDEMPOTENCY_TTL_S
+        for (entries,) in db.execute(
+            "SELECT entries FROM id_log WHERE at > ? ORDER BY id", (horizon,)
+        ):
+            for line in entries.split("\n"):
+                no, device, seq, at, client = line.split(" ", 4)
+                known = self._by_no.get(int(no))
+                if known is not None:
+                    known.ids[(device, client)] = (int(seq), int(at))
 
     def close(self) -> None:
         """A clean close: everything on disk, and marked so."""
@@ -204,127 +251,122 @@ class DurableBacklog:
     def book(self, book_ref: str) -> BookState:
         book = self.books.get(book_ref)
         if book is None:
-            book = BookState(self._next_no, book_ref, new_epoch())
-            self._next_no += 1
-            self.db.execute(
-                "INSERT INTO books (no, book_ref, epoch, seq, oldest, cum, trimmed)"
-                " VALUES (?, ?, ?, 0, 1, 0, 0)",
-                (book.no, book_ref, book.epoch),
+            epoch = new_epoch()
+            cursor = self.db.execute(
+                "INSERT INTO books (book_ref, epoch, oldest, trimmed) VALUES (?, ?, 1, 0)",
+                (book_ref, epoch),
             )
-            self.books[book_ref] = book
+            book = BookState(int(cursor.lastrowid or 0), book_ref, epoch)
+            self.books[book_ref] = self._by_no[book.no] = book
         return book
 
     def drop(self, book_ref: str) -> None:
         """Erasure: its ops, counters and client ids are gone; a later book of the same
-        id starts afresh with a new epoch."""
+        id starts afresh with a new epoch. (Its lines in the id log name a book number
+        never used again, and expire with the log.)"""
         book = self.books.pop(book_ref, None)
         if book is None:
             return
+        del self._by_no[book.no]
         self.total -= book.bytes
-        base = book.no << SEQ_BITS
         with self._transaction():
-            self.db.execute("DELETE FROM ops WHERE id BETWEEN ? AND ?", (base, base | SEQ_MASK))
-            self.db.execute("DELETE FROM op_ids WHERE book_no = ?", (book.no,))
+            self.db.execute("DELETE FROM chunks WHERE book_no = ?", (book.no,))
             self.db.execute("DELETE FROM books WHERE no = ?", (book.no,))
 
     # Appends.
-    def append(self, batch: list[tuple[str, NewOp, str]]) -> list[Appended]:
-        """Keep a batch of (book_ref, op, tail) in one transaction, committed before this
-        returns; answers in order. On failure nothing of the batch is kept."""
+    def append(self, batch: Batch, now: int) -> list[Appended]:
+        """Keep a batch in one transaction, committed before this returns; answers in
+        order. On failure nothing of the batch is kept."""
         books = {ref: self.book(ref) for ref, _, _ in batch}
         saved = {ref: b.saved() for ref, b in books.items()}
         total = self.total
         try:
             with self._transaction():
-                results = self._append_fast(batch, books)
-                if results is None:  # a retried client id is among them
-                    for ref, book in books.items():
-                        book.restore(saved[ref])
-                    self.total = total
-                    results = self._append_one_by_one(batch, books)
-                self._trim(books.values(), max(op.now for _, op, _ in batch))
+                results, ids = self._number(batch, books)
+                self._write_chunks(batch, results, books, now)
+                if ids:
+                    self.db.execute(
+                        "INSERT INTO id_log (at, entries) VALUES (?, ?)",
+                        (now, "\n".join(ids)),
+                    )
+                moved = self._trim(books.values(), now)
+                moved += [b for ref, b in books.items() if b.oldest != saved[ref][1]]
                 self.db.executemany(
-                    "UPDATE books SET epoch = ?, seq = ?, oldest = ?, cum = ?, trimmed = ?"
-                    " WHERE no = ?",
-                    [b.row() for b in books.values()],
+                    _UPDATE_HEAD, [b.row() for b in {b.no: b for b in moved}.values()]
                 )
         except sqlite3.Error as exc:
             for ref, book in books.items():
                 book.restore(saved[ref])
             self.total = total
             raise StoreError(type(exc).__name__) from None
+        for (ref, op, _), result in zip(batch, results, strict=True):
+            if op.client_id is not None and not result.duplicate:
+                books[ref].ids[(op.device_id, op.client_id)] = (result.seq, op.now)
         return results
 
-    def _append_fast(
-        self, batch: list[tuple[str, NewOp, str]], books: dict[str, BookState]
-    ) -> list[Appended] | None:
-        """The common case, no retry: seqs handed out in order, ids inserted all at once
-        (a retry shows as an ignored insert; then None and the savepoint rolled back)."""
-        db = self.db
-        ops: list[tuple[int, int, int, str]] = []
-        ids: list[tuple[int, str, str, int, int]] = []
+    def _number(
+        self, batch: Batch, books: dict[str, BookState]
+    ) -> tuple[list[Appended], list[str]]:
+        """Each op's seq, or the first seq of a retried client id; the id log's lines."""
         results: list[Appended] = []
+        lines: list[str] = []
+        fresh: dict[tuple[str, str, str], Appended] = {}  # ids first seen in this batch
         for ref, op, tail in batch:
             book = books[ref]
-            seq = self._take_seq(book, op.now, len(tail))
-            ops.append(((book.no << SEQ_BITS) | seq, op.now, book.cum - len(tail), tail))
-            if op.client_id is not None:
-                ids.append((book.no, op.device_id, op.client_id, seq, op.now))
-            results.append(Appended(seq, op.now, False))
-        if ids:
-            db.execute("SAVEPOINT ids")
-            if db.executemany(_INSERT_ID, ids).rowcount != len(ids):
-                db.execute("ROLLBACK TO ids")
-                db.execute("RELEASE ids")
-                return None
-            db.execute("RELEASE ids")
-        if self.limits.max_ops > 0:
-            db.executemany("INSERT INTO ops (id, at, before, tail) VALUES (?, ?, ?, ?)", ops)
-        return results
-
-    def _append_one_by_one(
-        self, batch: list[tuple[str, NewOp, str]], books: dict[str, BookState]
-    ) -> list[Appended]:
-        db = self.db
-        results: list[Appended] = []
-        for ref, op, tail in batch:
-            book = books[ref]
-            if op.client_id is not None:
-                prior = db.execute(
-                    "SELECT seq, relay_at FROM op_ids"
-                    " WHERE book_no = ? AND device_id = ? AND client_id = ?",
-                    (book.no, op.device_id, op.client_id),
-                ).fetchone()
+            cid = op.client_id
+            if cid is not None:
+                prior = book.ids.get((op.device_id, cid))
                 if prior is not None:
                     results.append(Appended(prior[0], prior[1], True))
                     continue
-            seq = self._take_seq(book, op.now, len(tail))
-            if op.client_id is not None:
-                db.execute(_INSERT_ID, (book.no, op.device_id, op.client_id, seq, op.now))
-            if self.limits.max_ops > 0:
-                db.execute(
-                    "INSERT INTO ops (id, at, before, tail) VALUES (?, ?, ?, ?)",
-                    ((book.no << SEQ_BITS) | seq, op.now, book.cum - len(tail), tail),
-                )
-            results.append(Appended(seq, op.now, False))
-        return results
+                again = fresh.get((ref, op.device_id, cid))
+                if again is not None:
+                    results.append(Appended(again.seq, again.relay_timestamp, True))
+                    continue
+            seq = self._take_seq(book, len(tail))
+            result = Appended(seq, op.now, False)
+            results.append(result)
+            if cid is not None:
+                fresh[(ref, op.device_id, cid)] = result
+                lines.append(f"{book.no} {op.device_id} {seq} {op.now} {cid}")
+        return results, lines
 
-    def _take_seq(self, book: BookState, now: int, size: int) -> int:
+    def _take_seq(self, book: BookState, size: int) -> int:
         book.seq += 1
         if self.limits.max_ops > 0:
-            if book.oldest == book.seq:  # the only retained op
-                book.oldest_at = now
             book.cum += size
             self.total += size
         else:  # a pure relay keeps nothing
             book.oldest = book.seq + 1
+            book.trimmed = book.cum
         return book.seq
+
+    def _write_chunks(
+        self, batch: Batch, results: list[Appended], books: dict[str, BookState], now: int
+    ) -> None:
+        """One row per book: its new ops of the batch."""
+        if self.limits.max_ops <= 0:
+            return
+        tails: dict[str, list[str]] = {}
+        for (ref, _, tail), result in zip(batch, results, strict=True):
+            if not result.duplicate:
+                tails.setdefault(ref, []).append(tail)
+        db = self.db
+        for ref, mine in tails.items():
+            book = books[ref]
+            cursor = db.execute(
+                "INSERT INTO chunks (book_no, last, at, cum, tails) VALUES (?, ?, ?, ?, ?)",
+                (book.no, book.seq, now, book.cum, "\n".join(mine)),
+            )
+            if book.oldest_at == 0:
+                book.oldest_at = now
+            book.lasts.append(book.seq)
+            book.rows.append(int(cursor.lastrowid or 0))
 
     # Reads.
     def head(self, book_ref: str, now: int) -> Head:
         book = self.book(book_ref)
-        lim = self.limits
-        if book.oldest_at and book.oldest_at <= now - lim.max_age_s:
+        if book.oldest_at and book.oldest_at <= now - self.limits.max_age_s:
             with self._transaction():
                 self._trim_book(book, now)
                 self.db.execute(_UPDATE_HEAD, book.row())
@@ -333,32 +375,48 @@ class DurableBacklog:
     def read(self, book_ref: str, after: int, through: int) -> list[str]:
         """The forwarded-op lines of seqs after..through (those still retained)."""
         book = self.books.get(book_ref)
-        if book is None or through <= after:
+        if book is None:
             return []
-        base = book.no << SEQ_BITS
-        rows = self.db.execute(
-            "SELECT id, tail FROM ops WHERE id > ? AND id <= ? ORDER BY id",
-            (base | after, base | through),
+        after = max(after, book.oldest - 1)
+        through = min(through, book.seq)
+        if through <= after:
+            return []
+        start, end = book.chunk_index(after + 1), book.chunk_index(through)
+        rows = book.rows[start : end + 1]
+        texts = dict(
+            self.db.execute(
+                f"SELECT id, tails FROM chunks WHERE id IN ({','.join('?' * len(rows))})",
+                rows,
+            ).fetchall()
         )
-        return [op_line(i & SEQ_MASK, tail) for i, tail in rows]
+        lines: list[str] = []
+        for i in range(start, end + 1):
+            tails = texts[book.rows[i]].split("\n")
+            for seq, tail in enumerate(tails, book.lasts[i] - len(tails) + 1):
+                if after < seq <= through:
+                    lines.append(op_line(seq, tail))
+        return lines
 
     # Trimming.
-    def _trim(self, books: Iterable[BookState], now: int) -> None:
-        for book in books:
-            self._trim_book(book, now)
+    def _trim(self, books: Iterable[BookState], now: int) -> list[BookState]:
+        """The touched books' limits, then the total's; the books whose oldest moved."""
+        moved = [b for b in books if self._trim_book(b, now)]
         lim = self.limits
         if self.total > lim.max_total_bytes:
-            self._trim_total(lim.max_total_bytes - lim.max_total_bytes // TOTAL_SLACK_SHARE)
+            moved += self._trim_total(
+                lim.max_total_bytes - lim.max_total_bytes // TOTAL_SLACK_SHARE
+            )
+        return moved
 
-    def _trim_book(self, book: BookState, now: int) -> None:
+    def _trim_book(self, book: BookState, now: int) -> bool:
         """The oldest ops past the book's limits of count, bytes and age go."""
         lim = self.limits
         first = max(book.oldest, book.seq - lim.max_ops + 1)  # the first op kept
         if book.cum - self._before(book, first) > lim.max_bytes:
-            first = self._first_where(book, first, "before >= ?", book.cum - lim.max_bytes)
+            first = max(first, self._first_from(book, book.cum - lim.max_bytes))
         if book.oldest_at and book.oldest_at <= now - lim.max_age_s:
-            first = self._first_where(book, first, "at > ?", now - lim.max_age_s)
-        self._trim_before(book, first)
+            first = max(first, self._first_younger(book, now - lim.max_age_s))
+        return self._trim_before(book, first)
 
     def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
         """Ops up to `seq` go (a snapshot covers them), if `epoch` is still current."""
@@ -366,10 +424,10 @@ class DurableBacklog:
         if book is None or book.epoch != epoch:
             return
         with self._transaction():
-            self._trim_before(book, min(seq, book.seq) + 1)
-            self.db.execute(_UPDATE_HEAD, book.row())
+            if self._trim_before(book, min(seq, book.seq) + 1):
+                self.db.execute(_UPDATE_HEAD, book.row())
 
-    def _trim_total(self, target: int) -> None:
+    def _trim_total(self, target: int) -> list[BookState]:
         """The whole backlog over its bound: the books holding the most give up their
         oldest ops first, down to a common level, until the total is at `target`."""
         sizes = sorted((b.bytes for b in self.books.values() if b.bytes > 0), reverse=True)
@@ -381,10 +439,22 @@ class DurableBacklog:
             if held - (k + 1) * below >= excess:
                 level = (held - excess) // (k + 1)
                 break
+        moved = []
         for book in [b for b in self.books.values() if b.bytes > level]:
-            first = self._first_where(book, book.oldest, "before >= ?", book.cum - level)
-            self._trim_before(book, first)
-            self.db.execute(_UPDATE_HEAD, book.row())
+            if self._trim_before(book, self._first_from(book, book.cum - level)):
+                moved.append(book)
+        return moved
+
+    def _chunk(self, book: BookState, i: int) -> tuple[int, int, int, list[str]]:
+        """(first seq, time, bytes before, tails) of the book's chunk at index `i`."""
+        row = self.db.execute(
+            "SELECT at, cum, tails FROM chunks WHERE id = ?", (book.rows[i],)
+        ).fetchone()
+        if row is None:
+            raise StoreError("a retained chunk is missing from the backlog")
+        at, cum, text = int(row[0]), int(row[1]), str(row[2])
+        tails = text.split("\n")
+        return book.lasts[i] - len(tails) + 1, at, cum - (len(text) - len(tails) + 1), tails
 
     def _before(self, book: BookState, seq: int) -> int:
         """The book's byte count before op `seq` (all of it when seq is past the last)."""
@@ -392,58 +462,55 @@ class DurableBacklog:
             return book.cum
         if seq == book.oldest:
             return book.trimmed
-        row = self.db.execute(
-            "SELECT before FROM ops WHERE id = ?", ((book.no << SEQ_BITS) | seq,)
-        ).fetchone()
-        return int(row[0]) if row else book.cum
+        first, _, before, tails = self._chunk(book, book.chunk_index(seq))
+        return before + sum(map(len, tails[: seq - first]))
 
-    def _first_where(self, book: BookState, start: int, condition: str, value: int) -> int:
-        """The first retained seq from `start` on that meets `condition` (past the last
-        op when none does)."""
-        base = book.no << SEQ_BITS
-        row = self.db.execute(
-            f"SELECT id FROM ops WHERE id >= ? AND id <= ? AND {condition} ORDER BY id LIMIT 1",
-            (base | start, base | book.seq, value),
-        ).fetchone()
-        return (int(row[0]) & SEQ_MASK) if row else book.seq + 1
+    def _first_from(self, book: BookState, floor: int) -> int:
+        """The first op whose bytes before it are at least `floor`: keeping it and what
+        follows keeps `cum - floor` bytes or fewer."""
+        for i in range(book.chunk_index(book.oldest), len(book.lasts)):
+            first, _, before, tails = self._chunk(book, i)
+            for seq, tail in enumerate(tails, first):
+                if seq >= book.oldest and before >= floor:
+                    return seq
+                before += len(tail)
+        return book.seq + 1
 
-    def _at(self, book: BookState, seq: int) -> int:
-        if seq > book.seq:
-            return 0
-        row = self.db.execute(
-            "SELECT at FROM ops WHERE id = ?", ((book.no << SEQ_BITS) | seq,)
-        ).fetchone()
-        return int(row[0]) if row else 0
+    def _first_younger(self, book: BookState, cutoff: int) -> int:
+        """The first op of the first chunk written after `cutoff`."""
+        for i in range(book.chunk_index(book.oldest), len(book.lasts)):
+            first, at, _, _ = self._chunk(book, i)
+            if at > cutoff:
+                return max(first, book.oldest)
+        return book.seq + 1
 
-    def _trim_before(self, book: BookState, first: int) -> None:
-        """Drop the ops before seq `first`."""
+    def _trim_before(self, book: BookState, first: int) -> bool:
+        """Drop the ops before seq `first` (whole chunks; a chunk's older ops are only
+        skipped until the rest of it goes too). True when anything went."""
         if first <= book.oldest:
-            return
-        base = book.no << SEQ_BITS
+            return False
         trimmed = self._before(book, first)
-        self.db.execute(
-            "DELETE FROM ops WHERE id >= ? AND id < ?", (base | book.oldest, base | first)
-        )
+        keep = book.chunk_index(first)  # the chunk holding `first`, kept
+        if keep > book.lo:
+            gone = book.rows[book.lo : keep]
+            self.db.execute(f"DELETE FROM chunks WHERE id IN ({','.join('?' * len(gone))})", gone)
+            book.forget_chunks(keep)
         self.total -= trimmed - book.trimmed
         book.trimmed = trimmed
         book.oldest = first
-        book.oldest_at = self._at(book, first)
+        book.oldest_at = self._chunk(book, keep)[1] if first <= book.seq else 0
+        return True
 
     # Upkeep.
-    def forget_old_ids(self, now: int) -> int:
-        """Client ids older than 24 h go, a chunk at a time; returns how many."""
+    def forget_old_ids(self, now: int) -> None:
+        """Client ids older than 24 h go, from memory and from the log."""
         horizon = now - IDEMPOTENCY_TTL_S
-        first = self.db.execute("SELECT min(rowid) FROM op_ids").fetchone()[0]
-        if first is None:
-            return 0
-        cut = self.db.execute(
-            "SELECT rowid FROM op_ids WHERE rowid >= ? AND rowid < ? AND relay_at > ?"
-            " ORDER BY rowid LIMIT 1",
-            (first, first + ID_EXPIRY_CHUNK, horizon),
-        ).fetchone()
-        end = cut[0] if cut else first + ID_EXPIRY_CHUNK
+        for book in self.books.values():
+            ids = book.ids
+            while ids and next(iter(ids.values()))[1] <= horizon:
+                ids.popitem(last=False)
         with self._transaction():
-            return self.db.execute("DELETE FROM op_ids WHERE rowid < ?", (end,)).rowcount
+            self.db.execute("DELETE FROM id_log WHERE at <= ?", (horizon,))
 
     def trim_aged(self, now: int) -> None:
         """Books nobody writes to or reads still lose their ops past the age limit."""
@@ -464,8 +531,4 @@ class DurableBacklog:
         db.execute("COMMIT")
 
 
-_INSERT_ID = (
-    "INSERT OR IGNORE INTO op_ids (book_no, device_id, client_id, seq, relay_at)"
-    " VALUES (?, ?, ?, ?, ?)"
-)
-_UPDATE_HEAD = "UPDATE books SET epoch = ?, seq = ?, oldest = ?, cum = ?, trimmed = ? WHERE no = ?"
+_UPDATE_HEAD = "UPDATE books SET epoch = ?, oldest = ?, trimmed = ? WHERE no = ?"

@@ -122,7 +122,9 @@ class EmbeddedBroker:
             return
         outcome: list[Appended] | Exception
         try:
-            outcome = self.backlog.append([(ref, op, tail) for ref, op, tail, _ in batch])
+            outcome = self.backlog.append(
+                [(ref, op, tail) for ref, op, tail, _ in batch], max(e[1].now for e in batch)
+            )
         except Exception as exc:  # not kept: each op is refused, the client retries
             log.warning("backlog append failed", extra={"error_type": type(exc).__name__})
             outcome = exc

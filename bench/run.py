@@ -166,6 +166,11 @@ def start_server(kind: str, data_dir: Path | None, log: Path) -> Running:
         cmd = [PY, str(HERE / "peers" / "starlette_broadcast.py"), str(port)]
     else:
         assert data_dir is not None
+        # Each run starts on an empty backlog, as the Redis runs start on a new
+        # redis-server: the generator's op ids repeat from run to run, and a durable
+        # backlog would ack them as retries of the last run's ops.
+        for leftover in data_dir.glob("backlog.sqlite3*"):
+            leftover.unlink()
         exe = str(Path(PY).parent / "homepocket-relay")
         cmd = [exe, "serve", "--port", str(port), "--data-dir", str(data_dir)]
         env.update(RELAY_ENV)

@@ -8,11 +8,15 @@ open with the book key is counted and dropped, never applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from client import crypto
 from client.api import Api, RelayError
@@ -22,6 +26,15 @@ from client.session import Backoff, RelaySession
 from client.state import DeviceState, PendingOp, load, save
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
+log = logging.getLogger("homepocket.client")
+
+# When the server retains this many ops (or bytes) since the last snapshot, a device
+# uploads a new one: the server then trims what it covers, and a device that joins, or
+# comes back after the backlog moved on, loads it instead of asking a peer.
+SNAPSHOT_AFTER_OPS = 1000
+SNAPSHOT_AFTER_BYTES = 4 * 1024 * 1024
+# How often (in ops received or acked) a device asks the server how much it retains.
+SNAPSHOT_CHECK_EVERY_OPS = 250
 
 
 class Device:
@@ -35,6 +48,8 @@ class Device:
         token_lifetime_s: int = 600,
         backoff: Backoff | None = None,
         on_event: EventSink | None = None,
+        snapshot_after_ops: int = SNAPSHOT_AFTER_OPS,
+        snapshot_after_bytes: int = SNAPSHOT_AFTER_BYTES,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.identity = identity
@@ -52,6 +67,12 @@ class Device:
         self.owe_state = False  # a peer asked for our full state after its sync_gap
         self.undecryptable = 0  # payloads that did not open with our book key
         self.refused_ops: list[dict[str, Any]] = []
+        self.snapshot_after_ops = snapshot_after_ops
+        self.snapshot_after_bytes = snapshot_after_bytes
+        self.snapshots_made = 0
+        self._ops_since_check = 0
+        self._epoch_changed = False  # the server's history restarted: upload our state
+        self._snapshotting: asyncio.Task[dict[str, Any] | None] | None = None
         self._changed = asyncio.Event()
 
     @classmethod
@@ -123,8 +144,11 @@ class Device:
     # --- what the session hands us ------------------------------------------------------
 
     def welcome(self, msg: dict[str, Any]) -> None:
-        if self.state.position.seq == 0:
-            self.state.position.epoch = str(msg.get("epoch"))
+        position = self.state.position
+        if position.epoch is not None and msg.get("epoch") != position.epoch:
+            self._epoch_changed = True
+        if position.seq == 0:
+            position.epoch = str(msg.get("epoch"))
 
     def receive_op(self, msg: dict[str, Any]) -> None:
         seq = int(msg["seq"])
@@ -145,11 +169,13 @@ class Device:
                     self.session.wake()
         self.state.position.mark(seq)
         self._save()
+        self._count_for_snapshot()
 
     def acked(self, op_id: str, seq: int) -> None:
         self.state.outbox.pop(op_id, None)
         self.state.position.mark(seq)
         self._save()
+        self._count_for_snapshot()
 
     def refused(self, msg: dict[str, Any]) -> None:
         """An op the server will never take (too large, malformed): drop it, keep a note."""
@@ -161,6 +187,8 @@ class Device:
     async def handle_gap(self, msg: dict[str, Any]) -> bool:
         """What we asked for is gone. True when a snapshot fills the hole; False when a
         full-state exchange with a peer must (SPEC 4)."""
+        if self.state.position.epoch not in (None, msg["epoch"]):
+            self._epoch_changed = True
         self.state.position.restart(str(msg["epoch"]), int(msg["resume_seq"]))
         self._save()
         if not msg.get("snapshot"):
@@ -229,6 +257,52 @@ class Device:
         await self.api.put_blob(made["upload_url"], made["upload_headers"], blob)
         return dict(await self.api.snapshot_complete(made["snapshot_id"]))
 
+    def synced(self) -> None:
+        """Replay done (sync_complete): after an epoch change the server holds none of
+        our history, so our full state goes up as a snapshot (the next device to join
+        then needs no peer); else check whether the backlog calls for one."""
+        if self._epoch_changed:
+            self._epoch_changed = False
+            self._snapshot_soon(force=True)
+        else:
+            self._snapshot_soon(force=False)
+
+    def _count_for_snapshot(self) -> None:
+        self._ops_since_check += 1
+        if self._ops_since_check >= SNAPSHOT_CHECK_EVERY_OPS:
+            self._snapshot_soon(force=False)
+
+    def _snapshot_soon(self, force: bool) -> None:
+        if self._snapshotting is not None and not self._snapshotting.done():
+            return
+        self._ops_since_check = 0
+        self._snapshotting = asyncio.ensure_future(self.maybe_snapshot(force))
+
+    async def maybe_snapshot(self, force: bool = False) -> dict[str, Any] | None:
+        """Upload a snapshot when the server retains `snapshot_after_ops` ops or
+        `snapshot_after_bytes` bytes (or when `force`d) and ours would cover more than
+        the latest one does. Failures are logged and left for the next check."""
+        try:
+            status = await self.api.sync_status()
+            position = self.state.position
+            if status["epoch"] != position.epoch or not self.state.book_key_b64:
+                return None
+            backlog = status["backlog"]
+            due = force or (
+                backlog["retained_ops"] >= self.snapshot_after_ops
+                or backlog["retained_bytes"] >= self.snapshot_after_bytes
+            )
+            latest = status.get("snapshot") or {}
+            if not due or (latest and position.seq <= int(latest["covers_seq"])):
+                return None
+            made = await self.upload_snapshot()
+        except (RelayError, httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            log.warning("snapshot not made", extra={"error_type": type(exc).__name__})
+            return None
+        self.snapshots_made += 1
+        self._notify()
+        return made
+
     async def load_snapshot(self) -> dict[str, Any]:
         latest = await self.api.snapshot_latest()
         blob = await self.api.get_blob(latest["download_url"])
@@ -278,6 +352,10 @@ class Device:
 
     async def close(self) -> None:
         await self.go_offline()
+        if self._snapshotting is not None:
+            self._snapshotting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._snapshotting
         await self.api.aclose()
 
     def _event(self, kind: str, msg: dict[str, Any]) -> None:

@@ -247,6 +247,7 @@ class RelaySession:
                 # theirs, inside the ciphertext, so the server cannot tell it from an op.
                 self._need_state = False
                 device.queue_state(request=True)
+            device.synced()
             self.live.set()
             self.wake()
         elif kind == "presence":

@@ -43,6 +43,7 @@ class Api:
         self.book_id = book_id
         self.token_lifetime_s = token_lifetime_s
         self.http = httpx.AsyncClient(timeout=15, transport=transport)
+        self.blob_bytes_received = 0  # photos and snapshots downloaded
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -167,6 +168,7 @@ class Api:
         response = await self.http.get(url)
         if response.status_code != 200:
             raise RelayError(response.status_code, "DOWNLOAD_FAILED", "blob store refused", {})
+        self.blob_bytes_received += len(response.content)
         return response.content
 
     def _book(self) -> str:

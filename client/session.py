@@ -86,6 +86,7 @@ class RelaySession:
         self.online_peers: set[str] = set()
         self.connects = 0
         self.tokens_refreshed = 0
+        self.received_bytes = 0  # text the server sent, over every connection
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -152,6 +153,7 @@ class RelaySession:
                     async for frame in ws:
                         if isinstance(frame, bytes):
                             continue  # the server sends text only
+                        self.received_bytes += len(frame)
                         for line in frame.split("\n"):
                             if line.strip():
                                 await self._handle_line(line)

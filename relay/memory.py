@@ -178,3 +178,13 @@ class MemoryBroker:
         if credits[1:]:
             self._refunds[device_id] = credits[1:]
         return True
+
+    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
+        book = self._books.get(book_ref)
+        if book is None or book.epoch != epoch:
+            return  # another epoch: those seqs name other ops (or none)
+        ops = book.ops
+        while ops and book.oldest <= seq:
+            _, size, _ = ops.popleft()
+            book.bytes -= size
+            book.oldest += 1

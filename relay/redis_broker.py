@@ -43,7 +43,7 @@ from relay.broker import (
     op_line,
     op_tail,
 )
-from relay.redis_scripts import APPEND_BATCH, READ, TAKE_REFUND
+from relay.redis_scripts import APPEND_BATCH, READ, TAKE_REFUND, TRIM_THROUGH
 from relay.redis_sub import Subscriber
 from relay.resp import Arg, CommandConnection, ReplyError, pack
 
@@ -163,7 +163,12 @@ class RedisBroker:
         await self._r.ping()
 
     async def _load(self) -> None:
-        for name, text in (("append", APPEND_BATCH), ("read", READ), ("refund", TAKE_REFUND)):
+        for name, text in (
+            ("append", APPEND_BATCH),
+            ("read", READ),
+            ("refund", TAKE_REFUND),
+            ("trim", TRIM_THROUGH),
+        ):
             self._sha[name] = await self._r.script_load(text)
         self._budget = await self._bus_budget()
 
@@ -538,6 +543,12 @@ class RedisBroker:
                 await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
         await self._r.delete(books_key)
         await self._r.zrem(INSTANCES, instance)
+
+
+    # Snapshots.
+    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
+        keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]
+        await self._script("trim", keys, [new_epoch(), self._limit_args[3], epoch, seq])
 
 
 def _settle(future: asyncio.Future[Appended | Exception], result: Appended | Exception) -> None:

@@ -283,6 +283,46 @@ return {epoch, seq, oldest, bytes, gap, start, lines}
 """
 )
 
+# A completed snapshot covers the ops through ARGV[4]: drop them, only while the book is
+# still in epoch ARGV[3] (its seqs name other ops in another). KEYS as READ; ARGV[1] a
+# fresh epoch and ARGV[2] the keys' lifetime (for `head`, which checks the lists as
+# every call does). The meta hash keeps `oldest` (at most seq + 1), `bytes` less the
+# dropped ops' sizes and `ot` the time of the new oldest op (0 when none is left).
+# Returns the number of ops dropped.
+TRIM_THROUGH = (
+    _COMMON
+    + """
+local epoch, seq, oldest, bytes = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), 0)
+if epoch ~= ARGV[3] then
+  return 0
+end
+local n = math.min(tonumber(ARGV[4]), seq) - oldest + 1
+if n <= 0 then
+  return 0
+end
+local entries = redis.call('LRANGE', KEYS[3], 0, n - 1)
+for j = 1, #entries do
+  local e = entries[j]
+  bytes = bytes - tonumber(string.sub(e, string.find(e, ':', 1, true) + 1))
+end
+oldest = oldest + n
+local ot = 0
+if oldest > seq then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  bytes = 0
+else
+  redis.call('LTRIM', KEYS[2], n, -1)
+  redis.call('LTRIM', KEYS[3], n, -1)
+  local first = redis.call('LINDEX', KEYS[3], 0)
+  if first then
+    ot = tonumber(string.sub(first, 1, string.find(first, ':', 1, true) - 1))
+  end
+end
+redis.call('HSET', KEYS[1], 'oldest', oldest, 'bytes', bytes, 'ot', ot)
+return n
+"""
+)
+
 # KEYS[1] the device's refund counter.
 TAKE_REFUND = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')

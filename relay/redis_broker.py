@@ -544,7 +544,6 @@ class RedisBroker:
         await self._r.delete(books_key)
         await self._r.zrem(INSTANCES, instance)
 
-
     # Snapshots.
     async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
         keys = [_k(book_ref, "m"), _k(book_ref, "l"), _k(book_ref, "t")]

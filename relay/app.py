@@ -24,15 +24,15 @@ class BrokerBacklog:
     """`infra.ports.Backlog` over the broker: a completed snapshot trims what it covers."""
 
     def __init__(self, broker: Broker, now: Callable[[], int]) -> None:
-        self._broker = broker
+        self.broker = broker
         self._now = now
 
     async def head(self, book_ref: str) -> BacklogHead:
-        head = await self._broker.head(book_ref, self._now())
+        head = await self.broker.head(book_ref, self._now())
         return BacklogHead(head.epoch, head.latest_seq)
 
     async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
-        await self._broker.trim_through(book_ref, epoch, seq)
+        await self.broker.trim_through(book_ref, epoch, seq)
 
 
 def build(infra: Infra) -> Capability:

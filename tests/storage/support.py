@@ -1,9 +1,12 @@
-"""Helpers for the photo tests: members of fresh books, uploads through the real URLs,
-and servers built with the storage capability's test-only knobs."""
+"""Helpers for the photo and snapshot tests: members of fresh books, ops, uploads
+through the real URLs, and servers built with the storage capability's test-only knobs."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +17,7 @@ from infra import devices_api
 from infra.clock import Clock
 from infra.context import Capability, Infra
 from infra.settings import Settings
+from relay import app as relay_app
 from storage.app import Runtime, make
 from tests.support.keys import DeviceKey
 from tests.support.services import InProcessServer
@@ -72,9 +76,10 @@ def code(response: httpx.Response) -> str:
 
 @contextlib.asynccontextmanager
 async def storage_server(
-    settings: Settings, clock: Clock | None = None, **knobs: Any
+    settings: Settings, clock: Clock | None = None, relay: bool = False, **knobs: Any
 ) -> AsyncIterator[tuple[InProcessServer, httpx.AsyncClient, Runtime]]:
-    """The real app (devices + storage) with storage's knobs (url_ttl_s, sweep_every_s)."""
+    """The real app (devices + storage, and the relay when snapshots need its backlog)
+    with storage's knobs (url_ttl_s, sweep_every_s)."""
     held: list[Runtime] = []
 
     def storage(infra: Infra) -> Capability:
@@ -82,8 +87,71 @@ async def storage_server(
         held.append(runtime)
         return cap
 
+    capabilities = [devices_api.build, *([relay_app.build] if relay else []), storage]
     async with (
-        InProcessServer(settings, clock=clock, capabilities=[devices_api.build, storage]) as srv,
+        InProcessServer(settings, clock=clock, capabilities=capabilities) as srv,
         httpx.AsyncClient(base_url=srv.url, timeout=10) as client,
     ):
         yield srv, client, held[0]
+
+
+async def send_ops(client: httpx.AsyncClient, device: DeviceKey, n: int) -> int:
+    """`n` ops through `POST /relay/send`; the last seq."""
+    seq = 0
+    for _ in range(n):
+        payload = base64.b64encode(os.urandom(24)).decode()
+        body = {"book_id": device.book_id, "payload": payload, "timestamp": int(time.time())}
+        sent = await client.post("/api/v1/relay/send", json=body, headers=device.auth())
+        assert sent.status_code == 202, sent.text
+        seq = int(sent.json()["data"]["seq"])
+    return seq
+
+
+async def ops_page(
+    client: httpx.AsyncClient, device: DeviceKey, since: int = 0, epoch: str | None = None
+) -> dict[str, Any]:
+    query = f"since={since}&limit=1000" + (f"&epoch={epoch}" if epoch else "")
+    got = await client.get(f"/api/v1/books/{device.book_id}/ops?{query}", headers=device.auth())
+    assert got.status_code == 200, got.text
+    return dict(got.json()["data"])
+
+
+def snapshots_path(device: DeviceKey, book_id: str | None = None) -> str:
+    return f"/api/v1/books/{book_id or device.book_id}/snapshots"
+
+
+async def reserve_snapshot(
+    client: httpx.AsyncClient,
+    device: DeviceKey,
+    epoch: Any,
+    covers_seq: Any,
+    size: Any,
+    at: float | None = None,
+) -> httpx.Response:
+    body = {"epoch": epoch, "covers_seq": covers_seq, "size_bytes": size}
+    headers = device.auth() if at is None else device.auth(iat=at, exp=at + 600)
+    return await client.post(snapshots_path(device), json=body, headers=headers)
+
+
+async def complete_snapshot(
+    client: httpx.AsyncClient, device: DeviceKey, snapshot_id: str
+) -> httpx.Response:
+    path = f"{snapshots_path(device)}/{snapshot_id}/complete"
+    return await client.post(path, headers=device.auth())
+
+
+async def stored_snapshot(
+    client: httpx.AsyncClient, device: DeviceKey, epoch: str, covers_seq: int, data: bytes
+) -> str:
+    """Reserve, PUT and complete one snapshot; its snapshot_id."""
+    reserved = await reserve_snapshot(client, device, epoch, covers_seq, len(data))
+    assert reserved.status_code == 201, reserved.text
+    upload = reserved.json()["data"]
+    assert (await put(client, upload, data)).status_code == 200
+    done = await complete_snapshot(client, device, upload["snapshot_id"])
+    assert done.status_code == 200, done.text
+    return str(upload["snapshot_id"])
+
+
+async def latest_snapshot(client: httpx.AsyncClient, device: DeviceKey) -> httpx.Response:
+    return await client.get(f"{snapshots_path(device)}/latest", headers=device.auth())

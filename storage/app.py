@@ -153,9 +153,11 @@ def make(
         """Per device; when the limit store is down, photo traffic goes on (SPEC 6)."""
         enforce(await count_call(infra, name, caller.device_id, fail_closed=False), name)
 
-    async def audit(request: Request, action: str, caller: Caller, book_ref: str) -> None:
+    async def audit(
+        request: Request, action: str, caller: Caller, book_ref: str, event: str = "photo"
+    ) -> None:
         await infra.audit.record(
-            "photo",
+            event,
             action,
             "success",
             device_id=caller.device_id,
@@ -188,7 +190,7 @@ def make(
         Route("/api/v1/photos/{photo_id}/complete", complete, methods=["POST"]),
         Route("/api/v1/photos/{photo_id}", get_photo, methods=["GET"]),
         Route("/api/v1/photos/{photo_id}", delete_photo, methods=["DELETE"]),
-        *snapshot_routes(infra, rt.snapshot_domain, limits.url_ttl_s),
+        *snapshot_routes(infra, rt.snapshot_domain, limits.url_ttl_s, audit),
     ]
     paths: dict[str, dict[str, object]] = {**PHOTOS, **SNAPSHOTS}
     checks: dict[str, Check] = {}

@@ -11,33 +11,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 from infra.db import Row
 from infra.errors import ApiError
 from storage.blobs import BlobStoreError, SignedPut
-from storage.uploads import COMPLETE, PENDING, PHOTOS, Uploads, new_id, s3_error
+from storage.uploads import COMPLETE, PENDING, PHOTOS, Kind, Stored, Uploads, new_id, s3_error
 
 log = logging.getLogger("homepocket.storage")
 
 _COLUMNS = "photo_id, book_ref, size_bytes, status, created_at, completed_at"
 
 
-def photo_key(book_ref: str, photo_id: str) -> str:
-    return PHOTOS.key(book_ref, photo_id)
-
-
 @dataclass(frozen=True)
-class Photo:
+class Photo(Stored):
+    kind: ClassVar[Kind] = PHOTOS
     photo_id: str
-    book_ref: str
-    size_bytes: int
-    status: str
-    created_at: int
-    completed_at: int | None
-
-    @property
-    def key(self) -> str:
-        return photo_key(self.book_ref, self.photo_id)
 
     @classmethod
     def from_row(cls, row: Row) -> Photo:
@@ -71,15 +60,8 @@ class Photos:
     async def begin_upload(self, book_ref: str, size_bytes: int) -> Upload:
         """Reserve quota with a pending row, then sign the URL."""
         self.check_size(size_bytes)
-        photo = Photo(new_id(), book_ref, size_bytes, PENDING, self.uploads.now(), None)
-        row = {
-            "photo_id": photo.photo_id,
-            "book_ref": book_ref,
-            "size_bytes": size_bytes,
-            "created_at": photo.created_at,
-        }
-        put = await self.uploads.reserve(PHOTOS, book_ref, row)
-        return Upload(photo, put)
+        photo = Photo(book_ref, size_bytes, PENDING, self.uploads.now(), None, new_id())
+        return Upload(photo, await self.uploads.reserve(photo))
 
     async def find(self, book_ref: str, photo_id: str) -> Photo | None:
         """A photo of this book only: another book's photo is as absent as a made-up id."""

@@ -9,7 +9,7 @@ answers exactly as a made-up id. Never logs or stores a snapshot's bytes.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.requests import Request
@@ -27,7 +27,13 @@ SNAPSHOT_ID = re.compile(r"[0-9a-f]{32}")
 BASE = "/api/v1/books/{book_id}/snapshots"
 
 
-def snapshot_routes(infra: Infra, domain: Callable[[], Snapshots], url_ttl_s: int) -> list[Route]:
+# (request, action, caller, book_ref, event type): storage's audit record of a success
+Audit = Callable[[Request, str, Caller, str, str], Awaitable[None]]
+
+
+def snapshot_routes(
+    infra: Infra, domain: Callable[[], Snapshots], url_ttl_s: int, audit: Audit
+) -> list[Route]:
     s = infra.settings
 
     async def member(request: Request) -> tuple[Caller, str]:
@@ -45,14 +51,7 @@ def snapshot_routes(infra: Infra, domain: Callable[[], Snapshots], url_ttl_s: in
         assert covers_seq is not None and size_bytes is not None
         snap, put = await domain().begin_upload(book_ref, epoch, covers_seq, size_bytes)
         await infra.members.touch(caller.device, infra.now())
-        await infra.audit.record(
-            "snapshot",
-            "upload",
-            "success",
-            device_id=caller.device_id,
-            book_ref=book_ref,
-            origin=infra.origin(request),
-        )
+        await audit(request, "upload", caller, book_ref, "snapshot")
         data = {
             "snapshot_id": snap.snapshot_id,
             "upload_url": put.url,

@@ -13,31 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from infra.db import Queries, Row
 from infra.errors import ApiError, validation
 from infra.ports import Backlog, SnapshotRef
 from storage.blobs import SignedPut
-from storage.uploads import COMPLETE, PENDING, SNAPSHOTS, Uploads, new_id
+from storage.uploads import COMPLETE, PENDING, SNAPSHOTS, Kind, Stored, Uploads, new_id
 
 KEEP = 2  # completed snapshots kept per book
 _COLUMNS = "snapshot_id, book_ref, epoch, covers_seq, size_bytes, status, created_at, completed_at"
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class Snapshot(Stored):
+    kind: ClassVar[Kind] = SNAPSHOTS
     snapshot_id: str
-    book_ref: str
-    epoch: str
-    covers_seq: int
-    size_bytes: int
-    status: str
-    created_at: int
-    completed_at: int | None
-
-    @property
-    def key(self) -> str:
-        return SNAPSHOTS.key(self.book_ref, self.snapshot_id)
+    epoch: str  # the backlog's epoch it was made in
+    covers_seq: int  # it holds every op through this seq
 
     def ref(self) -> SnapshotRef:
         return SnapshotRef(self.snapshot_id, self.epoch, self.covers_seq, self.size_bytes)
@@ -101,18 +94,9 @@ class Snapshots:
             raise validation("epoch", "is not the book's current epoch")
         if covers_seq > head.latest_seq:
             raise validation("covers_seq", "is beyond the book's latest seq")
-        snap = Snapshot(
-            new_id(), book_ref, epoch, covers_seq, size_bytes, PENDING, self.uploads.now(), None
-        )
-        row = {
-            "snapshot_id": snap.snapshot_id,
-            "book_ref": book_ref,
-            "epoch": epoch,
-            "covers_seq": covers_seq,
-            "size_bytes": size_bytes,
-            "created_at": snap.created_at,
-        }
-        return snap, await self.uploads.reserve(SNAPSHOTS, book_ref, row)
+        now = self.uploads.now()
+        snap = Snapshot(book_ref, size_bytes, PENDING, now, None, new_id(), epoch, covers_seq)
+        return snap, await self.uploads.reserve(snap)
 
     async def find(
         self, book_ref: str, snapshot_id: str, q: Queries | None = None

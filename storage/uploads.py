@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from infra.clock import Clock
 from infra.db import Database, Queries
@@ -51,6 +51,27 @@ KINDS = {kind.table: kind for kind in (PHOTOS, SNAPSHOTS)}
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What the server keeps of every uploaded object; each kind adds its id column
+    (and snapshots their position). Fields are the table's columns."""
+
+    kind: ClassVar[Kind]
+    book_ref: str
+    size_bytes: int
+    status: str
+    created_at: int
+    completed_at: int | None
+
+    @property
+    def object_id(self) -> str:
+        return str(getattr(self, self.kind.id_column))
+
+    @property
+    def key(self) -> str:
+        return self.kind.key(self.book_ref, self.object_id)
+
+
+@dataclass(frozen=True)
 class Limits:
     photo_max_bytes: int
     book_quota_bytes: int
@@ -77,35 +98,32 @@ class Uploads:
     def now(self) -> int:
         return int(self.clock.now())
 
-    async def reserve(self, kind: Kind, book_ref: str, row: dict[str, Any]) -> SignedPut:
-        """Insert the pending `row` (its id, `book_ref`, `size_bytes`, `created_at` and the
-        kind's own columns) if the book's quota has room, then sign the PUT URL; a
+    async def reserve(self, pending: Stored) -> SignedPut:
+        """Insert the pending row if the book's quota has room, then sign the PUT URL; a
         signing failure takes the row back."""
-        size_bytes = int(row["size_bytes"])
+        kind, book_ref = pending.kind, pending.book_ref
+        row = asdict(pending)
         columns = ", ".join(row)
-        places = ", ".join(f"${i}" for i in range(1, len(row) + 2))
+        places = ", ".join(f"${i}" for i in range(1, len(row) + 1))
         async with self.db.transaction() as tx:
             await self.lock_book(tx, book_ref)
             used = await self.usage(book_ref, tx)
-            if used + size_bytes > self.limits.book_quota_bytes:
+            if used + pending.size_bytes > self.limits.book_quota_bytes:
                 raise ApiError(
                     "QUOTA_EXCEEDED",
                     "The book's storage quota is used up.",
                     {"quota_bytes": self.limits.book_quota_bytes, "used_bytes": used},
                 )
             await tx.execute(
-                f"INSERT INTO {kind.table} ({columns}, status) VALUES ({places})",
-                *row.values(),
-                PENDING,
+                f"INSERT INTO {kind.table} ({columns}) VALUES ({places})", *row.values()
             )
-        object_id = str(row[kind.id_column])
         try:
             return await self.store.presign_put(
-                kind.key(book_ref, object_id), size_bytes, self.limits.url_ttl_s
+                pending.key, pending.size_bytes, self.limits.url_ttl_s
             )
         except BlobStoreError as exc:
             await self.db.execute(
-                f"DELETE FROM {kind.table} WHERE {kind.id_column} = $1", object_id
+                f"DELETE FROM {kind.table} WHERE {kind.id_column} = $1", pending.object_id
             )
             log.warning("blob store refused to sign", extra={"error": str(exc)})
             raise s3_error() from None

@@ -8,10 +8,13 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from infra import devices_api
 from infra.clock import Clock
@@ -19,6 +22,7 @@ from infra.context import Capability, Infra
 from infra.settings import Settings
 from relay import app as relay_app
 from storage.app import Runtime, make
+from tests.conftest import fresh_settings
 from tests.support.keys import DeviceKey
 from tests.support.services import InProcessServer
 
@@ -45,8 +49,12 @@ async def reserve(
 ) -> httpx.Response:
     """Ask for an upload URL; `at` signs the token at that time (for a moved clock)."""
     body = {"book_id": device.book_id, "size_bytes": size, **extra}
-    headers = device.auth() if at is None else device.auth(iat=at, exp=at + 600)
-    return await client.post("/api/v1/photos/upload", json=body, headers=headers)
+    return await client.post("/api/v1/photos/upload", json=body, headers=signed(device, at))
+
+
+def signed(device: DeviceKey, at: float | None) -> dict[str, str]:
+    """The device's token, signed at `at` when the server's clock was moved."""
+    return device.auth() if at is None else device.auth(iat=at, exp=at + 600)
 
 
 async def put(client: httpx.AsyncClient, upload: dict[str, Any], data: bytes) -> httpx.Response:
@@ -59,15 +67,26 @@ async def complete(client: httpx.AsyncClient, device: DeviceKey, photo_id: str) 
     return await client.post(f"/api/v1/photos/{photo_id}/complete", headers=device.auth())
 
 
-async def stored_photo(client: httpx.AsyncClient, device: DeviceKey, data: bytes) -> str:
-    """Upload and complete one photo; its photo_id."""
-    reserved = await reserve(client, device, len(data))
+async def finish(
+    client: httpx.AsyncClient,
+    reserved: httpx.Response,
+    data: bytes,
+    id_field: str,
+    complete_it: Callable[[str], Awaitable[httpx.Response]],
+) -> str:
+    """PUT the data through a reserved upload and complete it; its id."""
     assert reserved.status_code == 201, reserved.text
     upload = reserved.json()["data"]
     assert (await put(client, upload, data)).status_code == 200
-    done = await complete(client, device, upload["photo_id"])
+    done = await complete_it(upload[id_field])
     assert done.status_code == 200, done.text
-    return str(upload["photo_id"])
+    return str(upload[id_field])
+
+
+async def stored_photo(client: httpx.AsyncClient, device: DeviceKey, data: bytes) -> str:
+    """Upload and complete one photo; its photo_id."""
+    reserved = await reserve(client, device, len(data))
+    return await finish(client, reserved, data, "photo_id", partial(complete, client, device))
 
 
 def code(response: httpx.Response) -> str:
@@ -129,8 +148,7 @@ async def reserve_snapshot(
     at: float | None = None,
 ) -> httpx.Response:
     body = {"epoch": epoch, "covers_seq": covers_seq, "size_bytes": size}
-    headers = device.auth() if at is None else device.auth(iat=at, exp=at + 600)
-    return await client.post(snapshots_path(device), json=body, headers=headers)
+    return await client.post(snapshots_path(device), json=body, headers=signed(device, at))
 
 
 async def complete_snapshot(
@@ -145,13 +163,32 @@ async def stored_snapshot(
 ) -> str:
     """Reserve, PUT and complete one snapshot; its snapshot_id."""
     reserved = await reserve_snapshot(client, device, epoch, covers_seq, len(data))
-    assert reserved.status_code == 201, reserved.text
-    upload = reserved.json()["data"]
-    assert (await put(client, upload, data)).status_code == 200
-    done = await complete_snapshot(client, device, upload["snapshot_id"])
-    assert done.status_code == 200, done.text
-    return str(upload["snapshot_id"])
+    done = partial(complete_snapshot, client, device)
+    return await finish(client, reserved, data, "snapshot_id", done)
 
 
 async def latest_snapshot(client: httpx.AsyncClient, device: DeviceKey) -> httpx.Response:
     return await client.get(f"{snapshots_path(device)}/latest", headers=device.auth())
+
+
+# (server, client, storage runtime, the member, its book's epoch, its book_ref)
+Booked = tuple[InProcessServer, httpx.AsyncClient, Runtime, DeviceKey, str, str]
+
+
+@contextlib.asynccontextmanager
+async def book_with_ops(
+    backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    ops: int,
+    clock: Clock | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Booked]:
+    """A server of the test's own, with the relay, and a member whose book holds `ops`
+    ops."""
+    settings = await fresh_settings(backend, tmp_path, request, **overrides)
+    async with storage_server(settings, clock=clock, relay=True) as (srv, client, rt):
+        device = await member(client)
+        await send_ops(client, device, ops)
+        epoch = str((await ops_page(client, device))["epoch"])
+        yield srv, client, rt, device, epoch, srv.infra.hasher.book_ref(device.book_id)

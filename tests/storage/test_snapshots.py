@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -14,8 +17,9 @@ import pytest
 from infra.clock import ManualClock
 from infra.settings import Settings
 from storage.app import Runtime
-from tests.conftest import make_settings, reset_production
 from tests.storage.support import (
+    Booked,
+    book_with_ops,
     code,
     complete_snapshot,
     latest_snapshot,
@@ -26,7 +30,6 @@ from tests.storage.support import (
     reserve_snapshot,
     send_ops,
     snapshots_path,
-    storage_server,
     stored_photo,
     stored_snapshot,
 )
@@ -35,13 +38,13 @@ from tests.support.services import InProcessServer
 DAY = 24 * 3600
 
 
-async def fresh(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest, **overrides: object
-) -> Settings:
-    s = make_settings(backend, tmp_path, request, **overrides)
-    if backend == "production":
-        await reset_production(s)
-    return s
+Opener = Callable[..., AbstractAsyncContextManager[Booked]]
+
+
+@pytest.fixture
+def booked(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
+    """`booked(ops, clock=None, **settings)`: see `book_with_ops`."""
+    return partial(book_with_ops, backend, tmp_path, request)
 
 
 async def objects(rt: Runtime, book_ref: str) -> list[str]:
@@ -214,15 +217,8 @@ async def test_other_books_get_no_oracle(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"{alice_base}/latest")).status_code == 401
 
 
-async def test_wrong_size_object_is_deleted(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    s = await fresh(backend, tmp_path, request)
-    async with storage_server(s, relay=True) as (srv, client, rt):
-        device = await member(client)
-        book_ref = srv.infra.hasher.book_ref(device.book_id)
-        await send_ops(client, device, 1)
-        epoch = (await ops_page(client, device))["epoch"]
+async def test_wrong_size_object_is_deleted(booked: Opener) -> None:
+    async with booked(1) as (_srv, client, rt, device, epoch, book_ref):
         upload = (await reserve_snapshot(client, device, epoch, 1, 1000)).json()["data"]
         key = f"snapshots/{book_ref}/{upload['snapshot_id']}"
         # An object of another size under that key (as a store that ignored the signed
@@ -240,15 +236,8 @@ async def test_wrong_size_object_is_deleted(
         assert code(await latest_snapshot(client, device)) == "SNAPSHOT_NOT_FOUND"
 
 
-async def test_only_the_two_best_snapshots_are_kept(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    s = await fresh(backend, tmp_path, request)
-    async with storage_server(s, relay=True) as (srv, client, rt):
-        device = await member(client)
-        book_ref = srv.infra.hasher.book_ref(device.book_id)
-        await send_ops(client, device, 8)
-        epoch = (await ops_page(client, device))["epoch"]
+async def test_only_the_two_best_snapshots_are_kept(booked: Opener) -> None:
+    async with booked(8) as (srv, client, rt, device, epoch, book_ref):
         made = {c: await stored_snapshot(client, device, epoch, c, os.urandom(50)) for c in (2, 4)}
         assert await rows(srv, book_ref) == {made[2]: 2, made[4]: 4}
         made[6] = await stored_snapshot(client, device, epoch, 6, os.urandom(50))
@@ -263,15 +252,8 @@ async def test_only_the_two_best_snapshots_are_kept(
         assert (await ops_page(client, device))["oldest_seq"] == 7
 
 
-async def test_concurrent_completions_leave_one_latest(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    s = await fresh(backend, tmp_path, request)
-    async with storage_server(s, relay=True) as (srv, client, rt):
-        device = await member(client)
-        book_ref = srv.infra.hasher.book_ref(device.book_id)
-        await send_ops(client, device, 10)
-        epoch = (await ops_page(client, device))["epoch"]
+async def test_concurrent_completions_leave_one_latest(booked: Opener) -> None:
+    async with booked(10) as (srv, client, rt, device, epoch, book_ref):
         uploads = {}
         for covers in (3, 9, 5, 7):
             upload = (await reserve_snapshot(client, device, epoch, covers, 64)).json()["data"]
@@ -292,14 +274,8 @@ async def test_concurrent_completions_leave_one_latest(
         assert page["gap"]["snapshot"]["snapshot_id"] == uploads[9]
 
 
-async def test_quota_counts_photos_and_snapshots(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    s = await fresh(backend, tmp_path, request, book_quota_bytes=3000)
-    async with storage_server(s, relay=True) as (_, client, _rt):
-        device = await member(client)
-        await send_ops(client, device, 1)
-        epoch = (await ops_page(client, device))["epoch"]
+async def test_quota_counts_photos_and_snapshots(booked: Opener) -> None:
+    async with booked(1, book_quota_bytes=3000) as (_, client, _rt, device, epoch, _ref):
         await stored_photo(client, device, os.urandom(1000))
         await stored_snapshot(client, device, epoch, 1, os.urandom(800))  # completed
         assert (await reserve_snapshot(client, device, epoch, 1, 700)).status_code == 201
@@ -310,18 +286,12 @@ async def test_quota_counts_photos_and_snapshots(
         assert (await reserve(client, device, 500)).status_code == 201  # exactly full
 
 
-async def test_erasure_and_the_sweeper_remove_snapshots(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    s = await fresh(backend, tmp_path, request)
+async def test_erasure_and_the_sweeper_remove_snapshots(booked: Opener) -> None:
     clock = ManualClock(time.time())
-    async with storage_server(s, clock=clock, relay=True) as (srv, client, rt):
-        device, neighbour = await member(client), await member(client)
-        book_ref = srv.infra.hasher.book_ref(device.book_id)
+    async with booked(3, clock) as (srv, client, rt, device, epoch, book_ref):
+        neighbour = await member(client)
+        await send_ops(client, neighbour, 3)
         other_ref = srv.infra.hasher.book_ref(neighbour.book_id)
-        for d in (device, neighbour):
-            await send_ops(client, d, 3)
-        epoch = (await ops_page(client, device))["epoch"]
         other_epoch = (await ops_page(client, neighbour))["epoch"]
         await stored_snapshot(client, neighbour, other_epoch, 3, b"the neighbour's")
 

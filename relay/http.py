@@ -1,5 +1,6 @@
 """The relay's HTTP endpoints: `POST /relay/send`, `GET /books/{book_id}/ops`,
-`GET /books/{book_id}/sync_status` (SPEC 3), in SPEC 3's check order.
+`GET /books/{book_id}/sync_status`, checked in the contract's order (413, 401, 429,
+403, 400). A gap in `GET ops` is answered by relay.resume, as on the socket.
 
 Thin adapters over the broker; never decode or log a payload.
 """

@@ -147,6 +147,14 @@ async def test_resume_table(
         assert page["gap"] == gap
         assert [o["seq"] for o in page["ops"]] == seqs
 
+        status = await client.get(
+            f"/api/v1/books/{device.book_id}/sync_status", headers=device.auth()
+        )
+        backlog = status.json()["data"]["backlog"]
+        assert backlog["oldest_seq"] == page["oldest_seq"]
+        assert backlog["retained_ops"] == page["latest_seq"] - page["oldest_seq"] + 1
+        assert (backlog["retained_bytes"] == 0) == (backlog["retained_ops"] == 0)
+
         peer = await open_peer(srv.ws_url, device.book_id, device, since=case.since, epoch=epoch)
         got = await peer.recv()
         if gap is not None:

@@ -98,11 +98,9 @@ class Snapshots:
         snap = Snapshot(book_ref, size_bytes, PENDING, now, None, new_id(), epoch, covers_seq)
         return snap, await self.uploads.reserve(snap)
 
-    async def find(
-        self, book_ref: str, snapshot_id: str, q: Queries | None = None
-    ) -> Snapshot | None:
+    async def find(self, book_ref: str, snapshot_id: str) -> Snapshot | None:
         """A snapshot of this book only: another book's is as absent as a made-up id."""
-        row = await (q or self.db).fetchrow(
+        row = await self.db.fetchrow(
             f"SELECT {_COLUMNS} FROM snapshots WHERE snapshot_id = $1 AND book_ref = $2",
             snapshot_id,
             book_ref,

@@ -331,3 +331,33 @@ async def test_erasure_and_the_sweeper_remove_snapshots(booked: Opener) -> None:
         assert await objects(rt, book_ref) == []
         assert len(await objects(rt, other_ref)) == 1  # the neighbour's is untouched
         assert len(await rows(srv, other_ref)) == 1
+
+
+async def test_openapi_describes_the_snapshot_endpoints(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    base = "/api/v1/books/{book_id}/snapshots"
+    create = paths[base]["post"]
+    data = create["responses"]["201"]["content"]["application/json"]["schema"]["properties"]
+    assert data["data"]["required"] == [
+        "snapshot_id",
+        "upload_url",
+        "upload_method",
+        "upload_headers",
+        "expires_in",
+    ]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+        "epoch",
+        "covers_seq",
+        "size_bytes",
+    ]
+    for status, codes in (("413", "PAYLOAD_TOO_LARGE QUOTA_EXCEEDED"), ("400", "VALIDATION_ERROR")):
+        for wanted in codes.split():
+            assert wanted in create["responses"][status]["description"]
+    complete = paths[base + "/{snapshot_id}/complete"]["post"]["responses"]
+    assert "UPLOAD_INCOMPLETE" in complete["409"]["description"]
+    assert "SNAPSHOT_NOT_FOUND" in complete["404"]["description"]
+    latest = paths[base + "/latest"]["get"]["responses"]
+    assert "SNAPSHOT_NOT_FOUND" in latest["404"]["description"]
+    ops = paths["/api/v1/books/{book_id}/ops"]["get"]["responses"]["200"]
+    gap = ops["content"]["application/json"]["schema"]["properties"]["data"]["properties"]["gap"]
+    assert gap["properties"]["snapshot"]["required"] == ["snapshot_id", "epoch", "covers_seq"]

@@ -1,7 +1,7 @@
 """The shared services every capability is built with, opened in the app's lifespan.
 
 Capabilities receive this at build time and reach its parts at call time; the relay
-replaces `live` with its own channel when it is wired in.
+replaces `live` and `backlog` with its own when it is wired in, storage `snapshots`.
 
 Rate limits, for every capability: `count_call(infra, NAME, caller.device_id or
 infra.ip_key(conn), fail_closed=..., origin=infra.origin(conn))` then, at its place in
@@ -31,7 +31,15 @@ from infra.errors import ApiError
 from infra.ids import IdHasher, client_ip
 from infra.members import Members
 from infra.metrics import RATE_LIMITED
-from infra.ports import BookHooks, LiveChannel, NoLiveChannel
+from infra.ports import (
+    Backlog,
+    BookHooks,
+    LiveChannel,
+    NoBacklog,
+    NoLiveChannel,
+    NoSnapshots,
+    SnapshotIndex,
+)
 from infra.ratelimit import LimitStoreDown, RateLimiter, Verdict
 from infra.ratelimit import fail_closed as limiter_down
 from infra.settings import ConfigError, Settings, resolve_id_hash_key
@@ -68,6 +76,8 @@ class Infra:
         self.clock: Clock = clock or SystemClock()
         self.hooks = BookHooks()
         self.live: LiveChannel = NoLiveChannel()
+        self.backlog: Backlog = NoBacklog()
+        self.snapshots: SnapshotIndex = NoSnapshots()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
 

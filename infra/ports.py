@@ -1,7 +1,10 @@
 """What the capabilities offer each other, as small interfaces.
 
 The relay implements `LiveChannel`: the devices and pairing code reach sockets on
-every instance through it without importing the relay. Capabilities register
+every instance through it without importing the relay. It also implements `Backlog`,
+through which storage reads a book's epoch and position and trims the ops a completed
+snapshot covers; storage implements `SnapshotIndex`, through which the relay finds
+the snapshot to offer on a gap. Neither imports the other. Capabilities register
 `BookHooks` to drop their own state when a device is revoked or a book erased.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class LiveChannel(Protocol):
@@ -50,6 +53,55 @@ class NoLiveChannel:
         return None
 
     async def close_book(self, book_ref: str, code: int, reason: str) -> None:
+        return None
+
+
+class BacklogHead(NamedTuple):
+    epoch: str
+    latest_seq: int
+
+
+class Backlog(Protocol):
+    async def head(self, book_ref: str) -> BacklogHead:
+        """The book's current epoch and its latest seq (0: no op yet)."""
+        ...
+
+    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
+        """Drop the retained ops with seq <= `seq`, only while the book is in `epoch`."""
+        ...
+
+
+class NoBacklog:
+    """Before the relay is wired in: no book has an epoch or an op."""
+
+    async def head(self, book_ref: str) -> BacklogHead:
+        return BacklogHead("", 0)
+
+    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """A completed snapshot, as the relay names it to a device (never its bytes)."""
+
+    snapshot_id: str
+    epoch: str
+    covers_seq: int
+    size_bytes: int
+
+
+class SnapshotIndex(Protocol):
+    async def latest(self, book_ref: str, epoch: str) -> SnapshotRef | None:
+        """The book's latest completed snapshot: the highest `covers_seq` of `epoch`,
+        else of the newest epoch that has one (ties to the newest); None when none."""
+        ...
+
+
+class NoSnapshots:
+    """Before storage is wired in: no book has a snapshot."""
+
+    async def latest(self, book_ref: str, epoch: str) -> SnapshotRef | None:
         return None
 
 

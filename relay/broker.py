@@ -173,11 +173,6 @@ class Broker(Protocol):
 
     async def unlisten(self, book_ref: str) -> None: ...
 
-    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
-        """The retained ops up to `seq` go (a completed snapshot covers them), if `epoch`
-        is still the book's."""
-        ...
-
     async def drop_book(self, book_ref: str) -> None:
         """Erasure: the backlog, counters and socket records of the book are gone."""
         ...
@@ -199,6 +194,12 @@ class Broker(Protocol):
         ...
 
     async def take_refund(self, device_id: str) -> bool: ...
+
+    async def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
+        """Drop the retained ops with seq <= `seq` (a completed snapshot covers them),
+        only while the book is still in `epoch`; `oldest_seq` then becomes `seq + 1` (at
+        most `latest_seq + 1`). Never a seq or an epoch change: only the backlog shrinks."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The relay's HTTP endpoints: `POST /relay/send`, `GET /books/{book_id}/ops`,
-`GET /books/{book_id}/sync_status` (SPEC 3), in SPEC 3's check order.
+`GET /books/{book_id}/sync_status`, checked in the contract's order (413, 401, 429,
+403, 400). A gap in `GET ops` is answered by relay.resume, as on the socket.
 
 Thin adapters over the broker; never decode or log a payload.
 """
@@ -19,7 +20,7 @@ from infra.context import Infra, count_call, enforce
 from infra.envelope import ok
 from infra.errors import ApiError
 from infra.validate import BOOK_ID, parse_object, read_body, required_string
-from relay import ops
+from relay import ops, resume
 from relay.broker import Broker
 from relay.hub import Hub
 from relay.records import SyncRecords
@@ -61,7 +62,8 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
         epoch = request.query_params.get("epoch") or None
         if epoch is not None and len(epoch) > 64:
             raise ApiError("VALIDATION_ERROR", "epoch: too long", {"field": "epoch"})
-        history = await broker.history(book_ref, since, epoch, limit)
+        resumed = await resume.read(broker, infra.snapshots, book_ref, since, epoch, limit)
+        history = resumed.history
         head = history.head
         listed = []
         for line in history.lines:
@@ -73,7 +75,7 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
             "latest_seq": head.latest_seq,
             "oldest_seq": head.oldest_seq,
             "has_more": history.has_more,
-            "gap": {"resume_seq": history.start} if history.gap else None,
+            "gap": resumed.gap_fields(),
             "ops": listed,
         }
         return ok(request, data)
@@ -82,6 +84,7 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
         caller = await infra.auth.authenticate(request.headers.get("authorization"))
         book_ref = infra.auth.require_member(caller, request.path_params["book_id"])
         head = await broker.head(book_ref, infra.now())
+        snap = await infra.snapshots.latest(book_ref, head.epoch)
         ops_total, last_op_at = await records.read(book_ref)
         members = {d.device_id for d in await infra.members.list_book(book_ref)}
         online = await hub.online_devices(book_ref) & members
@@ -100,7 +103,17 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
                 "retained_bytes": head.retained_bytes,
                 "retention_seconds": s.backlog_max_age_s,
             },
-            "snapshot": None,
+            # The latest snapshot of this epoch: its covers_seq is comparable with the
+            # seqs above (one of an earlier epoch is found through snapshots/latest).
+            "snapshot": (
+                {
+                    "snapshot_id": snap.snapshot_id,
+                    "covers_seq": snap.covers_seq,
+                    "size_bytes": snap.size_bytes,
+                }
+                if snap is not None and snap.epoch == head.epoch
+                else None
+            ),
         }
         return ok(request, data)
 
@@ -128,7 +141,18 @@ OP = doc.obj(
     device_id=doc.string(),
     relay_timestamp=doc.INTEGER,
 )
-GAP = doc.nullable(doc.obj(["resume_seq"], resume_seq=doc.INTEGER))
+GAP = doc.nullable(
+    doc.obj(
+        ["resume_seq"],
+        resume_seq=doc.INTEGER,
+        snapshot=doc.obj(
+            ["snapshot_id", "epoch", "covers_seq"],
+            snapshot_id=doc.string(),
+            epoch=doc.string(),
+            covers_seq=doc.INTEGER,
+        ),
+    )
+)
 
 OPENAPI: dict[str, dict[str, Any]] = {
     "/api/v1/relay/send": {

@@ -355,6 +355,48 @@ return {epoch, seq, oldest, bytes, gap, start, lines}
 """
 )
 
+# A completed snapshot covers the ops through ARGV[4]: drop them, only while the book is
+# still in epoch ARGV[3] (its seqs name other ops in another). KEYS as READ (with the
+# sizes set and total last); ARGV[1] a
+# fresh epoch and ARGV[2] the keys' lifetime (for `head`, which checks the lists as
+# every call does). The meta hash keeps `oldest` (at most seq + 1), `bytes` less the
+# dropped ops' sizes and `ot` the time of the new oldest op (0 when none is left).
+# Returns the number of ops dropped.
+TRIM_THROUGH = (
+    _COMMON
+    + """
+local epoch, seq, oldest, bytes = head(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), 0)
+if epoch ~= ARGV[3] then
+  return 0
+end
+local n = math.min(tonumber(ARGV[4]), seq) - oldest + 1
+if n <= 0 then
+  return 0
+end
+local entries = redis.call('LRANGE', KEYS[3], 0, n - 1)
+for j = 1, #entries do
+  local e = entries[j]
+  bytes = bytes - tonumber(string.sub(e, string.find(e, ':', 1, true) + 1))
+end
+oldest = oldest + n
+local ot = 0
+if oldest > seq then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  bytes = 0
+else
+  redis.call('LTRIM', KEYS[2], n, -1)
+  redis.call('LTRIM', KEYS[3], n, -1)
+  local first = redis.call('LINDEX', KEYS[3], 0)
+  if first then
+    ot = tonumber(string.sub(first, 1, string.find(first, ':', 1, true) - 1))
+  end
+end
+redis.call('HSET', KEYS[1], 'oldest', oldest, 'bytes', bytes, 'ot', ot)
+setbytes(KEYS[1], bytes)
+return n
+"""
+)
+
 # KEYS[1] the device's refund counter.
 TAKE_REFUND = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -364,37 +406,6 @@ if n > 0 then
 end
 return 0
 """
-
-# The retained ops up to a seq go (a completed snapshot covers them), if the epoch is
-# still the book's. KEYS as READ's; ARGV[1] a fresh epoch, ARGV[2] how long the book's
-# keys outlive their last write, ARGV[3] the snapshot's epoch, ARGV[4] its covers_seq.
-TRIM_THROUGH = (
-    _COMMON
-    + """
-local mk, lk, tk = KEYS[1], KEYS[2], KEYS[3]
-local epoch, seq, oldest, bytes = head(mk, lk, tk, ARGV[1], tonumber(ARGV[2]), 0)
-local through = math.min(tonumber(ARGV[4]), seq)
-if epoch ~= ARGV[3] or through < oldest then
-  return 0
-end
-local drop = through - oldest + 1
-local entries = redis.call('LRANGE', tk, 0, drop - 1)
-for j = 1, #entries do
-  local e = entries[j]
-  bytes = bytes - tonumber(string.sub(e, string.find(e, ':', 1, true) + 1))
-end
-redis.call('LTRIM', lk, drop, -1)
-redis.call('LTRIM', tk, drop, -1)
-local ot = 0
-local next_entry = redis.call('LINDEX', tk, 0)
-if next_entry then
-  ot = tonumber(string.sub(next_entry, 1, string.find(next_entry, ':', 1, true) - 1))
-end
-redis.call('HSET', mk, 'oldest', through + 1, 'bytes', bytes, 'ot', ot)
-setbytes(mk, bytes)
-return drop
-"""
-)
 
 # Erasure's part of the sizes: KEYS[1] the book's meta key, then the sizes and total.
 FORGET_SIZE = (

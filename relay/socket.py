@@ -2,8 +2,8 @@
 
 Never decodes, changes or logs a payload; never echoes a token; never logs a book_id.
 
-The wire protocol (SPEC 4), for app developers and auditors
-============================================================
+The wire protocol, for app developers and auditors
+==================================================
 
 Handshake
   Auth: `Authorization: Bearer <jwt>`, or (browsers) the subprotocols
@@ -27,9 +27,10 @@ Server -> client
   crdt_operation   {seq, payload, timestamp, device_id, relay_timestamp}
                    device_id is the authenticated sender, never what it wrote
   ack              {id, seq, relay_timestamp}           to the sender (id null if none)
-  sync_gap         {epoch, oldest_seq, resume_seq}      what was asked for is gone; the
-                   retained ops after resume_seq follow. (No snapshots exist yet, so
-                   `snapshot` is never sent.)
+  sync_gap         {epoch, oldest_seq, resume_seq, snapshot?: {snapshot_id, epoch,
+                   covers_seq}}                         what was asked for is gone; the
+                   retained ops after resume_seq follow. `snapshot` names the snapshot
+                   to load first (GET .../snapshots/latest) when one fills the hole.
   sync_complete    {latest_seq}                         replay done, live from here
   presence         {device_id, status: online|offline|joined|revoked}
   pairing_completed {pairing_id, peer_device_id, peer_public_key}
@@ -57,8 +58,12 @@ Order
 
 Gap rules (`since`, `epoch`)
   since=0 needs no epoch. A gap: since > 0 with an epoch missing or not current,
-  since > latest_seq, or ops after since no longer retained. resume_seq is then
-  oldest_seq - 1.
+  since > latest_seq, or ops after since no longer retained. resume_seq is then the
+  latest snapshot's covers_seq when it was made in this epoch and covers_seq >=
+  oldest_seq - 1 (no hole before the backlog), else oldest_seq - 1. A snapshot of an
+  earlier epoch is offered with resume_seq 0 when this epoch's ops are all retained
+  from seq 1 (load it, then replay the new epoch from its start); otherwise a gap
+  without `snapshot` means a full-state exchange with a peer. See relay/resume.py.
 
 Close codes after the handshake
   4401 token expired (send `auth` before it does)   4403 device revoked
@@ -88,7 +93,7 @@ from infra.errors import ApiError, invalid_token
 from infra.metrics import RELAY_SYNC_GAPS
 from infra.serving import DIRECT, frame_limit
 from infra.validate import BOOK_ID
-from relay import ops
+from relay import ops, resume
 from relay.broker import Appended, Broker, Head, NewOp
 from relay.budget import OpBudget
 from relay.hub import MALFORMED, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
@@ -308,19 +313,19 @@ class RelaySocket:
         """Backlog after `since` (or the gap and what follows), then sync_complete."""
         conn.holding = True
         latest = 0
+        snapshots = self.infra.snapshots
         while conn.closed is None and not conn.finished:
-            history = await self.broker.history(conn.book_ref, since, epoch, REPLAY_PAGE)
+            resumed = await resume.read(
+                self.broker, snapshots, conn.book_ref, since, epoch, REPLAY_PAGE
+            )
+            history = resumed.history
             head = history.head
             latest = head.latest_seq
-            if history.gap:
+            gap = resumed.gap_fields()
+            if gap is not None:
                 RELAY_SYNC_GAPS.inc()
-                gap = {
-                    "type": "sync_gap",
-                    "epoch": head.epoch,
-                    "oldest_seq": head.oldest_seq,
-                    "resume_seq": history.start,
-                }
-                conn.push(dumps(gap))
+                message = {"type": "sync_gap", "epoch": head.epoch, "oldest_seq": head.oldest_seq}
+                conn.push(dumps({**message, **gap}))
             for line in history.lines:
                 if conn.out_bytes + len(line) > conn.queue_limit:
                     await conn.drained(conn.queue_limit // 2)

@@ -1,6 +1,6 @@
-"""Photo endpoints over HTTP (SPEC 3), the local blob URLs, the sweeper and the hooks.
+"""Photo and snapshot endpoints over HTTP, the local blob URLs, the sweeper and the hooks.
 
-Handlers are thin adapters in SPEC 3's precedence: read the body (413), authenticate
+Handlers are thin adapters in the contract's precedence: read the body (413), authenticate
 (401), count limits (429), authorise (403), validate (400), then the domain (404, 409).
 They never log or store a photo's bytes, a transaction id or a mime type.
 """
@@ -26,8 +26,11 @@ from infra.errors import ApiError, forbidden
 from infra.periodic import every
 from infra.validate import BOOK_ID, integer, parse_object, read_body, required_string, string
 from storage.blobs import BlobStore, open_blob_store
-from storage.docs import BLOBS, PHOTOS
-from storage.photos import Limits, Photos, not_found
+from storage.docs import BLOBS, PHOTOS, SNAPSHOTS
+from storage.photos import Photos, not_found
+from storage.snapshot_routes import snapshot_routes
+from storage.snapshots import Snapshots
+from storage.uploads import Limits, Uploads
 
 log = logging.getLogger("homepocket.storage")
 
@@ -44,13 +47,26 @@ class Runtime:
 
     store: BlobStore
     limits: Limits
+    shared: Uploads | None = None
     photos: Photos | None = None
+    snapshots: Snapshots | None = None
     sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def domain(self) -> Photos:
         if self.photos is None:
             raise RuntimeError("storage is not started")
         return self.photos
+
+    def uploads(self) -> Uploads:
+        """Quota, erasure and the sweeper, for photos and snapshots alike."""
+        if self.shared is None:
+            raise RuntimeError("storage is not started")
+        return self.shared
+
+    def snapshot_domain(self) -> Snapshots:
+        if self.snapshots is None:
+            raise RuntimeError("storage is not started")
+        return self.snapshots
 
 
 def build(infra: Infra) -> Capability:
@@ -62,7 +78,9 @@ def make(
 ) -> tuple[Capability, Runtime]:
     """The capability and its runtime; `url_ttl_s` is shortened only by tests."""
     s = infra.settings
-    limits = Limits(s.photo_max_bytes, s.book_quota_bytes, url_ttl_s)
+    limits = Limits(
+        s.photo_max_bytes, s.book_quota_bytes, url_ttl_s, snapshot_max_bytes=s.snapshot_max_bytes
+    )
     rt = Runtime(open_blob_store(s, infra.clock), limits)
 
     def book_of(caller: Caller, body: dict[str, Any]) -> str:
@@ -135,9 +153,11 @@ def make(
         """Per device; when the limit store is down, photo traffic goes on (SPEC 6)."""
         enforce(await count_call(infra, name, caller.device_id, fail_closed=False), name)
 
-    async def audit(request: Request, action: str, caller: Caller, book_ref: str) -> None:
+    async def audit(
+        request: Request, action: str, caller: Caller, book_ref: str, event: str = "photo"
+    ) -> None:
         await infra.audit.record(
-            "photo",
+            event,
             action,
             "success",
             device_id=caller.device_id,
@@ -146,12 +166,15 @@ def make(
         )
 
     async def erased(book_ref: str) -> None:
-        await rt.domain().erase_book(book_ref)
+        await rt.uploads().erase_book(book_ref)
 
     async def start() -> None:
         await rt.store.start()
-        rt.photos = Photos(infra.db, rt.store, infra.clock, limits)
-        rt.sweeper = asyncio.create_task(sweep_forever(rt.photos, sweep_every_s))
+        rt.shared = Uploads(infra.db, rt.store, infra.clock, limits)
+        rt.photos = Photos(rt.shared)
+        rt.snapshots = Snapshots(rt.shared, lambda: infra.backlog)
+        infra.snapshots = rt.snapshots
+        rt.sweeper = asyncio.create_task(sweep_forever(rt.shared, sweep_every_s))
 
     async def stop() -> None:
         if rt.sweeper is not None:
@@ -167,8 +190,9 @@ def make(
         Route("/api/v1/photos/{photo_id}/complete", complete, methods=["POST"]),
         Route("/api/v1/photos/{photo_id}", get_photo, methods=["GET"]),
         Route("/api/v1/photos/{photo_id}", delete_photo, methods=["DELETE"]),
+        *snapshot_routes(infra, rt.snapshot_domain, limits.url_ttl_s, audit),
     ]
-    paths: dict[str, dict[str, object]] = dict(PHOTOS)
+    paths: dict[str, dict[str, object]] = {**PHOTOS, **SNAPSHOTS}
     checks: dict[str, Check] = {}
     if rt.store.name == "local":
         from storage.blob_routes import blob_routes
@@ -191,11 +215,11 @@ def photo_id_of(request: Request) -> str:
     return photo_id
 
 
-async def sweep_forever(photos: Photos, every_s: float) -> None:
+async def sweep_forever(uploads: Uploads, every_s: float) -> None:
     """Abandoned uploads and refused deletions, until cancelled."""
 
     async def sweep() -> None:
-        abandoned, deleted = await photos.sweep()
+        abandoned, deleted = await uploads.sweep()
         if abandoned or deleted:
             log.info("storage sweep", extra={"abandoned": abandoned, "deleted": deleted})
 

@@ -1,10 +1,10 @@
-"""OpenAPI description of the photo endpoints (SPEC 3)."""
+"""OpenAPI description of the photo and snapshot endpoints."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from infra.openapi import INTEGER, nullable, obj, op, path, string
+from infra.openapi import BOOK_ID_PARAM, INTEGER, nullable, obj, op, path, string
 
 PHOTO_ID = path("photo_id", string(pattern="^[0-9a-f]{32}$"))
 UPLOAD_BODY = obj(
@@ -83,6 +83,87 @@ PHOTOS: dict[str, dict[str, Any]] = {
             ok_status=204,
             params=[PHOTO_ID],
             errors=("PHOTO_NOT_FOUND", "S3_ERROR"),
+        ),
+    },
+}
+
+SNAPSHOT_ID = path("snapshot_id", string(pattern="^[0-9a-f]{32}$"))
+SNAPSHOT_BODY = obj(
+    ["epoch", "covers_seq", "size_bytes"],
+    epoch=string(maxLength=64, description="the book's current epoch"),
+    covers_seq={
+        "type": "integer",
+        "minimum": 0,
+        "description": "the snapshot holds every op through this seq; at most latest_seq",
+    },
+    size_bytes={
+        "type": "integer",
+        "minimum": 1,
+        "description": "ciphertext bytes to PUT; at most SNAPSHOT_MAX_BYTES (default 64 MiB)",
+    },
+)
+SNAPSHOT_UPLOAD_OK = obj(
+    ["snapshot_id", "upload_url", "upload_method", "upload_headers", "expires_in"],
+    snapshot_id=string(),
+    upload_url=string("uri"),
+    upload_method=string(enum=["PUT"]),
+    upload_headers=UPLOAD_OK["properties"]["upload_headers"],
+    expires_in=INTEGER,
+)
+SNAPSHOT_OK = obj(
+    ["snapshot_id", "epoch", "covers_seq", "size_bytes"],
+    snapshot_id=string(),
+    epoch=string(),
+    covers_seq=INTEGER,
+    size_bytes=INTEGER,
+)
+SNAPSHOT_LATEST_OK = obj(
+    ["snapshot_id", "epoch", "covers_seq", "download_url", "size_bytes", "created_at"],
+    snapshot_id=string(),
+    epoch=string(),
+    covers_seq=INTEGER,
+    download_url=string("uri"),
+    size_bytes=INTEGER,
+    created_at=string("date-time"),
+)
+
+SNAPSHOTS: dict[str, dict[str, Any]] = {
+    "/api/v1/books/{book_id}/snapshots": {
+        "post": op(
+            "Reserve an encrypted full-state snapshot upload of the current epoch: a PUT"
+            " URL whose signature binds the declared size.",
+            tag="snapshots",
+            ok_status=201,
+            params=[BOOK_ID_PARAM],
+            body=SNAPSHOT_BODY,
+            ok=SNAPSHOT_UPLOAD_OK,
+            errors=("PAYLOAD_TOO_LARGE", "QUOTA_EXCEEDED", "S3_ERROR"),
+        ),
+    },
+    "/api/v1/books/{book_id}/snapshots/{snapshot_id}/complete": {
+        "post": op(
+            "Check the uploaded object (HEAD) and keep it; the backlog's ops it covers are"
+            " trimmed and only the book's two best snapshots are kept.",
+            tag="snapshots",
+            params=[BOOK_ID_PARAM, SNAPSHOT_ID],
+            ok=SNAPSHOT_OK,
+            errors=(
+                "PAYLOAD_TOO_LARGE",
+                "VALIDATION_ERROR",
+                "SNAPSHOT_NOT_FOUND",
+                "UPLOAD_INCOMPLETE",
+                "S3_ERROR",
+            ),
+        ),
+    },
+    "/api/v1/books/{book_id}/snapshots/latest": {
+        "get": op(
+            "The book's latest snapshot (highest covers_seq of the current epoch, else of"
+            " the newest epoch that has one) and a download URL.",
+            tag="snapshots",
+            params=[BOOK_ID_PARAM],
+            ok=SNAPSHOT_LATEST_OK,
+            errors=("SNAPSHOT_NOT_FOUND", "S3_ERROR"),
         ),
     },
 }

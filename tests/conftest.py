@@ -118,6 +118,16 @@ def make_settings(
     return Settings(**{**env_free.__dict__, **base, **overrides})
 
 
+async def fresh_settings(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, **overrides: Any
+) -> Settings:
+    """`make_settings` for a server of the test's own, on emptied production backends."""
+    s = make_settings(kind, tmp_path, request, **overrides)
+    if kind == "production":
+        await reset_production(s)
+    return s
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -1,5 +1,6 @@
 """The reference client against the real server: the demo's story, three phones with
-one offline, a wrong book key, and reconnecting across a server restart.
+one offline, catching up from a snapshot, a wrong book key, and reconnecting across a
+server restart.
 
 Runs on the embedded default and on Redis + PostgreSQL + S3 through `backend`.
 """
@@ -7,9 +8,11 @@ Runs on the embedded default and on Redis + PostgreSQL + S3 through `backend`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,21 @@ NOTES = ("Groceries", "Electricity bill", "Bakery", "Pharmacy")
 def fast(url: str, directory: Path, name: str, **kw: object) -> Device:
     """A device that reconnects quickly, so the tests do not sleep for long."""
     return Device.open(directory / name, url, name, backoff=Backoff(0.1, 1.0), **kw)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def online_and_offline(url: str, directory: Path) -> AsyncIterator[tuple[Device, Device]]:
+    """a, which made the book and is online, and b, paired with it and never online."""
+    a, b = fast(url, directory, "a"), fast(url, directory, "b")
+    try:
+        await a.create_book()
+        await b.register()
+        await pair.side_by_side(a, b)
+        a.go_online()
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_demo_scenario_converges_and_the_server_sees_only_ciphertext(
@@ -115,12 +133,7 @@ async def test_a_device_without_a_socket_syncs_over_http(
     server: InProcessServer, tmp_path: Path
 ) -> None:
     """POST /relay/send and GET ops: the same ledger, the same ids, no socket."""
-    a, b = fast(server.url, tmp_path, "a"), fast(server.url, tmp_path, "b")
-    try:
-        await a.create_book()
-        await b.register()
-        await pair.side_by_side(a, b)
-        a.go_online()
+    async with online_and_offline(server.url, tmp_path) as (a, b):
         for i in range(3):
             a.add_entry(-i, f"socket {i}")
         await a.wait_synced()
@@ -131,9 +144,30 @@ async def test_a_device_without_a_socket_syncs_over_http(
         await a.wait_until(lambda: len(a.ledger.entries()) == 4)
         assert a.ledger.entries() == b.ledger.entries()
         assert (await a.api.sync_status())["latest_seq"] == 4
-    finally:
-        await a.close()
-        await b.close()
+
+
+async def test_a_device_behind_the_backlog_catches_up_from_a_snapshot(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    """a uploads a snapshot, which trims the ops it covers; b, which never synced, gets a
+    gap naming the snapshot, loads it and replays the rest, without asking a peer."""
+    async with online_and_offline(server.url, tmp_path) as (a, b):
+        for i in range(4):
+            a.add_entry(-i, f"before {i}")
+        await a.wait_synced()
+        covered = a.state.position.seq
+        made = await a.upload_snapshot()
+        assert made["covers_seq"] == covered
+        a.add_entry(-9, "after the snapshot")
+        await a.wait_synced()
+        page = await b.api.ops()
+        assert page["oldest_seq"] == covered + 1
+        assert page["gap"]["snapshot"]["snapshot_id"] == made["snapshot_id"]
+        latest = (await a.api.sync_status())["latest_seq"]
+        await b.sync_over_http()
+        assert b.ledger.entries() == a.ledger.entries() and len(b.ledger.entries()) == 5
+        assert b.state.position.seq == latest
+        assert (await a.api.sync_status())["latest_seq"] == latest  # b asked nobody
 
 
 async def test_a_wrong_book_key_decrypts_nothing(server: InProcessServer, tmp_path: Path) -> None:

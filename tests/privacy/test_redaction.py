@@ -17,8 +17,7 @@ import pytest
 from infra.app import default_capabilities
 from infra.ids import IdHasher
 from infra.logs import JsonFormatter, RedactingFilter
-from infra.settings import Settings
-from tests.conftest import make_settings, reset_production
+from tests.conftest import fresh_settings
 from tests.privacy.support import (
     add_public_keys,
     assert_clean,
@@ -94,19 +93,10 @@ def test_filter_drops_sensitive_fields_and_masks_nested_ones() -> None:
     assert record["route"] == "/api/v1/books/{book_id}"
 
 
-async def session_settings(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest, **overrides: Any
-) -> Settings:
-    s = make_settings(backend, tmp_path, request, **overrides)
-    if backend == "production":
-        await reset_production(s)
-    return s
-
-
 async def test_no_log_line_of_a_whole_session_leaks(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    s = await session_settings(backend, tmp_path, request)
+    s = await fresh_settings(backend, tmp_path, request)
     with captured_logs() as stream:
         async with (
             InProcessServer(s, capabilities=[*default_capabilities(), boom_capability]) as srv,
@@ -135,7 +125,7 @@ async def test_no_log_line_of_a_whole_session_leaks(
 async def test_sentry_gets_no_header_body_cookie_local_path_or_token(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    s = await session_settings("embedded", tmp_path, request)
+    s = await fresh_settings("embedded", tmp_path, request)
     device = DeviceKey()
     book_id = BOOK_ID
     token = device.token(book_id)

@@ -58,7 +58,7 @@ async def test_erasing_the_book_removes_objects_and_rows(
         assert (await put(client, late, b"late")).status_code == 200
         assert len(await objects(rt, book_ref)) == 1
         clock.advance(300 + 61)
-        await rt.domain().sweep()
+        await rt.uploads().sweep()
         assert await objects(rt, book_ref) == []
         assert await srv.infra.db.fetch("SELECT id FROM blob_deletions") == []
         # The neighbour's book is untouched.
@@ -137,7 +137,7 @@ async def test_refused_deletes_are_retried_by_the_sweeper(
         book_ref = srv.infra.hasher.book_ref(device.book_id)
         photo_id = await stored_photo(client, device, b"a photo")
         flaky = RefusingDeletes(rt.store, refusals=2)
-        rt.domain().store = flaky  # type: ignore[assignment]
+        rt.uploads().store = flaky  # type: ignore[assignment]
 
         # Deleting one photo: the store refuses, the client is told, nothing changed.
         refused = await client.delete(f"/api/v1/photos/{photo_id}", headers=device.auth())
@@ -151,16 +151,24 @@ async def test_refused_deletes_are_retried_by_the_sweeper(
         assert erased.status_code == 204
         assert await srv.infra.db.fetch("SELECT photo_id FROM photos") == []
         assert await objects(rt, book_ref) == [f"photos/{book_ref}/{photo_id}"]
-        pending = await srv.infra.db.fetch("SELECT attempts FROM blob_deletions ORDER BY id")
-        assert [p["attempts"] for p in pending] == [1, 0]
-        await rt.domain().sweep()  # not due yet: backing off
+        pending = await srv.infra.db.fetch(
+            "SELECT target, attempts FROM blob_deletions ORDER BY id"
+        )
+        # The photos folder: refused now, and its second pass; the (empty) snapshots
+        # folder was emptied at once, its second pass waits.
+        assert [(p["target"].split("/")[0], p["attempts"]) for p in pending] == [
+            ("photos", 1),
+            ("photos", 0),
+            ("snapshots", 0),
+        ]
+        await rt.uploads().sweep()  # not due yet: backing off
         assert len(await objects(rt, book_ref)) == 1
         clock.advance(31)
-        await rt.domain().sweep()
+        await rt.uploads().sweep()
         assert await objects(rt, book_ref) == []
-        assert len(await srv.infra.db.fetch("SELECT id FROM blob_deletions")) == 1  # 2nd pass
+        assert len(await srv.infra.db.fetch("SELECT id FROM blob_deletions")) == 2  # 2nd passes
         clock.advance(400)
-        await rt.domain().sweep()
+        await rt.uploads().sweep()
         assert await srv.infra.db.fetch("SELECT id FROM blob_deletions") == []
 
 
@@ -248,7 +256,7 @@ async def test_a_deleted_photo_stays_deleted_after_a_late_put(
         assert (await put(client, upload, b"abcd")).status_code == 200
         assert len(await objects(rt, book_ref)) == 1
         clock.advance(300 + 61)
-        await rt.domain().sweep()
+        await rt.uploads().sweep()
         assert await objects(rt, book_ref) == []
         assert await srv.infra.db.fetch("SELECT id FROM blob_deletions") == []
         if not s.s3_bucket:  # no empty folder left to say a book_ref had photos

@@ -15,7 +15,7 @@ from limits import parse
 
 from infra.clock import ManualClock
 from infra.settings import Settings
-from tests.conftest import make_settings, reset_production
+from tests.conftest import fresh_settings
 from tests.storage.support import (
     code,
     complete,
@@ -27,15 +27,6 @@ from tests.storage.support import (
 )
 from tests.support.keys import DeviceKey
 from tests.support.services import InProcessServer
-
-
-async def fresh_settings(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest, **overrides: object
-) -> Settings:
-    s = make_settings(backend, tmp_path, request, **overrides)
-    if backend == "production":
-        await reset_production(s)
-    return s
 
 
 async def test_upload_complete_download_delete(

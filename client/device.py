@@ -160,7 +160,7 @@ class Device:
 
     async def handle_gap(self, msg: dict[str, Any]) -> bool:
         """What we asked for is gone. True when a snapshot fills the hole; False when a
-        full-state exchange with a peer must (SPEC 4)."""
+        full-state exchange with a peer must (docs/CONTRACT.md §4)."""
         self.state.position.restart(str(msg["epoch"]), int(msg["resume_seq"]))
         self._save()
         if not msg.get("snapshot"):

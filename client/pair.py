@@ -1,4 +1,4 @@
-"""Pairing a new phone into a book: the client side of SPEC 5, driven through
+"""Pairing a new phone into a book: the client side of docs/CONTRACT.md §5, driven through
 `/pairing/exchange`. The message formats and the SAS are `pairing.sas` (pure, shared
 with the server's docs and tests); this module runs the steps in order over HTTP.
 
@@ -90,7 +90,7 @@ def _peer_key(answer: dict[str, Any]) -> bytes:
 async def run_generator(
     device: Device, invitation: Invitation, compare: CompareSas, within_s: float = 300
 ) -> Paired:
-    """G, once the code is shown: steps 1, 3, 4 and 5 of SPEC 5."""
+    """G, once the code is shown: steps 1, 3, 4 and 5 of docs/CONTRACT.md §5."""
     pid = invitation.pairing_id
     matched, _ = await _wait_for(device, pid, None, within_s)
     pk_g, pk_j = device.identity.public_key, _peer_key(matched)

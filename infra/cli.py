@@ -1,4 +1,4 @@
-"""`homepocket-relay serve | migrate`: the server's command line (SPEC 8)."""
+"""`homepocket-relay serve | migrate`: the server's command line (docs/CONTRACT.md §8)."""
 
 from __future__ import annotations
 

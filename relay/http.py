@@ -1,5 +1,5 @@
 """The relay's HTTP endpoints: `POST /relay/send`, `GET /books/{book_id}/ops`,
-`GET /books/{book_id}/sync_status` (SPEC 3), in SPEC 3's check order.
+`GET /books/{book_id}/sync_status` (docs/CONTRACT.md §3), in docs/CONTRACT.md §3's check order.
 
 Thin adapters over the broker; never decode or log a payload.
 """
@@ -90,7 +90,7 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
             "epoch": head.epoch,
             "latest_seq": head.latest_seq,
             "ops_total": ops_total,
-            # `_at` times are RFC 3339 strings (SPEC 1), like created_at and last_active_at.
+            # `_at` times are RFC 3339 strings (contract §1), like created_at and last_active_at.
             "last_op_at": rfc3339(last_op_at) if last_op_at is not None else None,
             "devices_total": len(members),
             "devices_online": len(online),

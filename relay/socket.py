@@ -2,7 +2,7 @@
 
 Never decodes, changes or logs a payload; never echoes a token; never logs a book_id.
 
-The wire protocol (SPEC 4), for app developers and auditors
+The wire protocol (docs/CONTRACT.md §4), for app developers and auditors
 ============================================================
 
 Handshake

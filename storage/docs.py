@@ -1,4 +1,4 @@
-"""OpenAPI description of the photo endpoints (SPEC 3)."""
+"""OpenAPI description of the photo endpoints (docs/CONTRACT.md §3)."""
 
 from __future__ import annotations
 

@@ -128,3 +128,33 @@ function storeOf(d) {
   const snapshot = d.state.toJSON();
   return { load: () => structuredClone(snapshot), save: () => {} };
 }
+
+test("a snapshot fills a gap, where the server has snapshots", async (t) => {
+  const a = device("a");
+  const b = device("b");
+  await pairedBook(a, b);
+  try {
+    await a.api.snapshotLatest();
+  } catch (err) {
+    if (err instanceof RelayError && err.code === "NOT_FOUND") {
+      t.skip("this server has no snapshot endpoints (404 NOT_FOUND): clients fall back to the full-state exchange, tested above");
+      return;
+    }
+    if (!(err instanceof RelayError && err.code === "SNAPSHOT_NOT_FOUND")) throw err;
+  }
+  a.goOnline();
+  for (let i = 0; i < 3; i++) a.addEntry(-100 - i, `before the snapshot ${i}`);
+  await a.waitSynced(5000);
+  const done = await a.uploadSnapshot();
+  assert.equal(done.covers_seq, 3);
+  // b was never online: it asks from 0, the ops are trimmed, the snapshot fills the gap.
+  const gaps = [];
+  const c = new Device(server.url, b.identity, { name: "b", store: storeOf(b), onEvent: (_, kind, msg) => kind === "sync_gap" && gaps.push(msg) });
+  closing.push(() => c.close());
+  c.goOnline();
+  await c.waitUntil(() => c.entries().length === 3, 10_000);
+  assert.equal(gaps.length, 1);
+  assert.equal(gaps[0].snapshot.covers_seq, 3);
+  assert.equal(gaps[0].resume_seq, 3);
+  assert.deepEqual(c.entries(), a.entries());
+});

@@ -91,6 +91,15 @@ export function randomBytes(n: number): Uint8Array {
   return out;
 }
 
+/** A random UUIDv4 (122 random bits): a new book's id. */
+export function uuid4(): string {
+  const b = randomBytes(16);
+  b[6] = (b[6]! & 0x0f) | 0x40;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = hex(b);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 /** 32 lowercase hex characters: entry ids and client op ids. */
 export function randomId(): string {
   return hex(randomBytes(16));

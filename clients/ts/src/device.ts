@@ -4,7 +4,7 @@
  * ciphertext or a public key; a payload that does not open is counted and dropped.
  */
 import { Api, RelayError } from "./api.js";
-import { b64, randomId, unb64 } from "./bytes.js";
+import { b64, randomId, unb64, uuid4 } from "./bytes.js";
 import type { Identity } from "./identity.js";
 import { KIND_STATE_REQUEST, KIND_UPDATE, Ledger, decodeOp, encodeOp, type Entry } from "./ledger.js";
 import { newBookKey, opAad, openSealed, OVERHEAD, photoAad, seal, snapshotAad } from "./seal.js";
@@ -75,7 +75,7 @@ export class Device {
   }
 
   /** Make a book (a UUIDv4 id unless given) and its key; this device is its first member. */
-  async createBook(bookId: string = globalThis.crypto.randomUUID()): Promise<string> {
+  async createBook(bookId: string = uuid4()): Promise<string> {
     await this.api.register(bookId);
     this.joinBook(bookId, newBookKey());
     return bookId;

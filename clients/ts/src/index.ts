@@ -1,7 +1,7 @@
 /** The Home Pocket relay client: see README.md and docs/CONTRACT.md of the repository. */
 export { Api, RelayError, PREFIX } from "./api.js";
 export type { ApiOptions, ExchangeAnswer, Json, OpRecord, OpsPage, PhotoTicket, SnapshotTicket, Ticket } from "./api.js";
-export { b64, b64url, concat, hex, randomBytes, randomId, unb64, unhex, utf8 } from "./bytes.js";
+export { b64, b64url, concat, hex, randomBytes, randomId, unb64, unhex, utf8, uuid4 } from "./bytes.js";
 export { Device } from "./device.js";
 export type { DeviceOptions, EventSink } from "./device.js";
 export { DEFAULT_TOKEN_LIFETIME_S, Identity, deviceIdOf } from "./identity.js";

@@ -82,9 +82,9 @@ export interface StateStore {
 export class MemoryStore implements StateStore {
   private saved: StateJson | null = null;
   load(): StateJson | null {
-    return this.saved && structuredClone(this.saved);
+    return this.saved && (JSON.parse(JSON.stringify(this.saved)) as StateJson);
   }
   save(state: StateJson): void {
-    this.saved = structuredClone(state);
+    this.saved = JSON.parse(JSON.stringify(state)) as StateJson; // no structuredClone on Hermes
   }
 }

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Identity, deviceIdOf, hex, unhex, utf8, seal, openSealed, opAad, sas, b64, unb64, b64url, Ledger, DecryptError } from "../dist/index.js";
+import { Identity, deviceIdOf, hex, unhex, utf8, seal, openSealed, opAad, sas, b64, unb64, b64url, Ledger, DecryptError, uuid4 } from "../dist/index.js";
 import { REPO } from "./server.mjs";
 
 const seq = (start, n = 32) => Uint8Array.from({ length: n }, (_, i) => start + i);
@@ -67,6 +67,7 @@ test("base64 and tokens", () => {
     assert.equal(b64url(bytes), Buffer.from(bytes).toString("base64url"));
   }
   assert.throws(() => unb64("AAE"));
+  assert.match(uuid4(), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   const token = G.token(null, 300, 1_700_000_000);
   const [h, c] = token.split(".").slice(0, 2).map((p) => JSON.parse(Buffer.from(p, "base64url").toString()));
   assert.deepEqual(h, { alg: "EdDSA", typ: "JWT" });

@@ -39,7 +39,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /var/lib/homepocket
 EXPOSE 8080
-# SIGTERM makes the server close its sockets with 1012 and exit (SPEC 4).
+# SIGTERM makes the server close its sockets with 1012 and exit (docs/CONTRACT.md §4).
 STOPSIGNAL SIGTERM
 # No curl in a slim image: the interpreter that runs the server asks /health itself.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \

@@ -9,7 +9,7 @@
 // bare broadcast frame, or a Yjs update that carries the payload's raw bytes).
 //
 // Server kinds:
-//   relay      SPEC 4: Authorization header, crdt_operation, ack (window counts acks)
+//   relay      docs/CONTRACT.md §4: Authorization header, crdt_operation, ack (window counts acks)
 //   wsb        bare Node `ws` broadcast: the payload as a text frame
 //   starlette  bare Starlette broadcast: the payload as a text frame
 //   ywss       y-websocket-server: a Yjs sync "update" message setting the sender's map

@@ -1,4 +1,4 @@
-"""The SPEC 3 HTTP API, one method per endpoint, over httpx.
+"""The docs/CONTRACT.md §3 HTTP API, one method per endpoint, over httpx.
 
 Sends only ciphertext and public keys; raises `RelayError` carrying the contract's
 error code. Never logs a token or a body.
@@ -58,7 +58,7 @@ class Api:
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> Any:
-        """One call; a 401 is answered once with a fresh token (SPEC 2), then raised."""
+        """One call; a 401 is answered once with a fresh token (contract §2), then raised."""
         for attempt in (0, 1):
             response = await self.http.request(
                 method,
@@ -113,7 +113,7 @@ class Api:
             params["epoch"] = epoch
         return await self.call("GET", f"/books/{self._book()}/ops", params=params)
 
-    # --- pairing (SPEC 5) --------------------------------------------------------------
+    # --- pairing (contract §5) -----------------------------------------------------------
 
     async def pairing_generate(self) -> dict[str, Any]:
         return dict(await self.call("POST", "/pairing/generate", {"book_id": self._book()}))
@@ -159,7 +159,7 @@ class Api:
         return dict(await self.call("GET", f"/books/{self._book()}/snapshots/latest"))
 
     async def put_blob(self, url: str, headers: dict[str, str], data: bytes) -> None:
-        """PUT exactly the declared bytes with exactly `upload_headers` (SPEC 3)."""
+        """PUT exactly the declared bytes with exactly `upload_headers` (docs/CONTRACT.md §3)."""
         response = await self.http.put(url, content=data, headers=headers)
         if response.status_code not in (200, 201, 204):
             raise RelayError(response.status_code, "UPLOAD_FAILED", "blob store refused", {})

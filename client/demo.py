@@ -38,9 +38,12 @@ class DemoResult:
 
 
 @contextlib.asynccontextmanager
-async def embedded_server(data_dir: Path) -> AsyncIterator[str]:
+async def embedded_server(
+    data_dir: Path, environ: dict[str, str] | None = None
+) -> AsyncIterator[str]:
     """The real server (embedded default: SQLite, in-process broker, local blob folder)
-    under uvicorn in this event loop, on a free loopback port."""
+    under uvicorn in this event loop, on a free loopback port. `environ` holds settings
+    by their variable names (the web demo allows its page's origin)."""
     import uvicorn
 
     from infra.app import create_app
@@ -50,7 +53,7 @@ async def embedded_server(data_dir: Path) -> AsyncIterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    base = Settings.from_env(environ={}, env_file=None)
+    base = Settings.from_env(environ=dict(environ or {}), env_file=None)
     settings = Settings(
         **{**base.__dict__, "host": "127.0.0.1", "port": port, "data_dir": data_dir}
     )

@@ -38,6 +38,26 @@ SNAPSHOT_CHECK_EVERY_OPS = 250
 
 
 class Device:
+    """One phone. What an app calls:
+
+    - `Device.open(directory, server_url, name)`: the device kept in `directory` (its key
+      file and its state, book key included), made there on first use; or
+      `Device(server_url, Identity.generate())` for one kept in memory only.
+    - `await create_book()` (the first phone) or `await register()` then pairing
+      (`client.pair`); `book_id`, `device_id`.
+    - `add_entry(amount_cents, note, currency)` → entry id; `ledger.entries()` →
+      `list[Entry]`; `await attach_photo(entry_id, data)` → photo_id;
+      `await fetch_photo(photo_id)` → the photo's bytes.
+    - `go_online()` (a relay session in the background: resume, outbox, backoff,
+      re-auth), `await go_offline()`, `await close()`; `await sync_over_http()` without a
+      socket.
+    - `await wait_until(predicate, within_s)`, `await wait_synced(within_s)`.
+    - `await upload_snapshot()`, `await load_snapshot()` where the server has snapshots.
+
+    `on_event(name, kind, msg)` is called with every socket message and the session's
+    own events (`reconnecting`, `stopped`). Everything else is internal.
+    """
+
     def __init__(
         self,
         server_url: str,
@@ -128,6 +148,7 @@ class Device:
         return entry_id
 
     def queue_state(self, request: bool) -> None:
+        """Internal: queue our whole state, as a state request (0x02) or an answer."""
         kind = KIND_STATE_REQUEST if request else KIND_UPDATE
         self._queue(kind, self.ledger.full_state())
 
@@ -144,6 +165,8 @@ class Device:
     # --- what the session hands us ------------------------------------------------------
 
     def welcome(self, msg: dict[str, Any]) -> None:
+        """Internal (the session): adopt the book's epoch while our position is 0, and
+        note an epoch change (our whole state then goes up as a snapshot)."""
         position = self.state.position
         if position.epoch is not None and msg.get("epoch") != position.epoch:
             self._epoch_changed = True
@@ -151,6 +174,7 @@ class Device:
             position.epoch = str(msg.get("epoch"))
 
     def receive_op(self, msg: dict[str, Any]) -> None:
+        """Internal (the session): open, apply and mark one relayed op."""
         seq = int(msg["seq"])
         try:
             plaintext = crypto.open_sealed(
@@ -172,21 +196,23 @@ class Device:
         self._count_for_snapshot()
 
     def acked(self, op_id: str, seq: int) -> None:
+        """Internal (the session): the op left the outbox for good."""
         self.state.outbox.pop(op_id, None)
         self.state.position.mark(seq)
         self._save()
         self._count_for_snapshot()
 
     def refused(self, msg: dict[str, Any]) -> None:
-        """An op the server will never take (too large, malformed): drop it, keep a note."""
+        """Internal (the session): an op the server will never take (too large,
+        malformed): drop it, keep a note in `refused_ops`."""
         op_id = msg.get("id")
         if isinstance(op_id, str) and self.state.outbox.pop(op_id, None) is not None:
             self.refused_ops.append({"id": op_id, "code": msg.get("code")})
             self._save()
 
     async def handle_gap(self, msg: dict[str, Any]) -> bool:
-        """What we asked for is gone. True when a snapshot fills the hole; False when a
-        full-state exchange with a peer must (SPEC 4)."""
+        """Internal (the session). What we asked for is gone. True when a snapshot fills
+        the hole; False when a full-state exchange with a peer must (contract §4)."""
         if self.state.position.epoch not in (None, msg["epoch"]):
             self._epoch_changed = True
         self.state.position.restart(str(msg["epoch"]), int(msg["resume_seq"]))
@@ -326,6 +352,8 @@ class Device:
         return photo_id
 
     async def fetch_photo(self, photo_id: str) -> bytes:
+        """The photo's plaintext bytes: `GET /photos/{id}`, download, open (raises
+        `RelayError` `PHOTO_NOT_FOUND`, or `crypto.DecryptError` if it does not open)."""
         info = await self.api.photo_get(photo_id)
         blob = await self.api.get_blob(info["download_url"])
         return crypto.open_sealed(
@@ -335,6 +363,8 @@ class Device:
     # --- online / offline -------------------------------------------------------------------
 
     def go_online(self) -> RelaySession:
+        """Start the relay session in the background (no-op when running); returns it.
+        It resumes from the saved position and sends the outbox once live."""
         if self.session is None or not self.session.running:
             self.session = RelaySession(
                 self,
@@ -346,6 +376,8 @@ class Device:
         return self.session
 
     async def go_offline(self) -> None:
+        """Close the socket and stop reconnecting (airplane mode); the outbox and the
+        position are kept, and `go_online()` resumes from them."""
         if self.session is not None:
             await self.session.stop()
             self.session = None
@@ -367,6 +399,8 @@ class Device:
     # --- waiting (for apps' UIs, the demo and tests) ------------------------------------
 
     async def wait_until(self, predicate: Callable[[], bool], within_s: float = 10.0) -> None:
+        """Return once `predicate()` is true, checked after every change of the device's
+        state (an op, an ack, a socket event); `TimeoutError` after `within_s`."""
         async with asyncio.timeout(within_s):
             while not predicate():
                 await self._changed.wait()

@@ -18,7 +18,7 @@ DEFAULT_TOKEN_LIFETIME_S = 600
 
 
 def b64url(raw: bytes) -> str:
-    """Canonical unpadded base64url, as SPEC 2 requires of every token part."""
+    """Canonical unpadded base64url, as docs/CONTRACT.md §2 requires of every token part."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 

@@ -99,6 +99,8 @@ class Ledger:
         return bytes(self.doc.get_update())
 
     def entries(self) -> list[Entry]:
+        """Every entry as a frozen `Entry` (amount_cents and at_ms as int, photo_id or
+        None), sorted by `at_ms` then `entry_id`: the same list on every device."""
         raw = self._entries.to_py() or {}
         photos = self._attachments.to_py() or {}
         out = [

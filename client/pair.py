@@ -1,4 +1,4 @@
-"""Pairing a new phone into a book: the client side of SPEC 5, driven through
+"""Pairing a new phone into a book: the client side of docs/CONTRACT.md §5, driven through
 `/pairing/exchange`. The message formats and the SAS are `pairing.sas` (pure, shared
 with the server's docs and tests); this module runs the steps in order over HTTP.
 
@@ -28,6 +28,8 @@ from pairing.sas import PairingAbort
 
 POLL_S = 0.2
 
+# The app's comparison screen: called with the six digits this phone shows; returns True
+# once the user said the other phone shows the same, False if not (G then rejects).
 CompareSas = Callable[[str], Awaitable[bool]]
 
 
@@ -46,7 +48,8 @@ class Paired:
 
 
 async def invite(device: Device) -> Invitation:
-    """G: ask for a 6-digit code to show to the new phone's user."""
+    """G: ask for a 6-digit code to show to the new phone's user. Show
+    `invitation.short_code`, then run `run_generator(device, invitation, compare)`."""
     made = await device.api.pairing_generate()
     return Invitation(str(made["short_code"]), str(made["pairing_id"]), str(made["expires_at"]))
 
@@ -90,7 +93,10 @@ def _peer_key(answer: dict[str, Any]) -> bytes:
 async def run_generator(
     device: Device, invitation: Invitation, compare: CompareSas, within_s: float = 300
 ) -> Paired:
-    """G, once the code is shown: steps 1, 3, 4 and 5 of SPEC 5."""
+    """G, once the code is shown: steps 1, 3, 4 and 5 of docs/CONTRACT.md §5.
+
+    Waits for the joiner, commits, reveals, calls `compare(sas)`, confirms (or rejects
+    and raises `PairingAbort`), and boxes the book key to the joiner. → `Paired`."""
     pid = invitation.pairing_id
     matched, _ = await _wait_for(device, pid, None, within_s)
     pk_g, pk_j = device.identity.public_key, _peer_key(matched)
@@ -111,7 +117,10 @@ async def run_generator(
 async def run_joiner(
     device: Device, short_code: str, compare: CompareSas, within_s: float = 300
 ) -> Paired:
-    """J: verify the code, then steps 2, 3 (the check), 4, and receive step 5."""
+    """J (registered with `register()`, in no book): verify the code, then steps 2, 3
+    (the check), 4, and receive step 5. Its tokens carry `book_id: null` until then;
+    afterwards the device is in the book with its key. Raises `PairingAbort`, or
+    `RelayError` (`INVALID_SHORT_CODE`, `SHORT_CODE_EXPIRED`, `BOOK_FULL`, …)."""
     verified = await device.api.pairing_verify(short_code)
     pid, book_id = str(verified["pairing_id"]), str(verified["book_id"])
     pk_g, pk_j = _peer_key(verified), device.identity.public_key

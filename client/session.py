@@ -1,4 +1,4 @@
-"""The relay socket (SPEC 4) for one device: connect, resume, relay ops, reconnect.
+"""The relay socket (docs/CONTRACT.md §4) for one device: connect, resume, relay ops, reconnect.
 
 Never gives up on a transient failure (jittered exponential backoff, 1 s … 60 s) and
 never reconnects after 4403 (revoked / not a member) or 4410 (book erased). Never puts
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("homepocket.client")
 
-# Close codes after which reconnecting cannot help (SPEC 4): the device was revoked or is
+# Close codes after which reconnecting cannot help (contract §4): the device was revoked or is
 # not a member, or the book is gone. 4409 means another socket of this device took our
 # place; reconnecting would only push that one out in turn.
 FINAL_CLOSE_CODES = {4403: "revoked or not a member", 4410: "book erased", 4409: "replaced"}
@@ -174,7 +174,7 @@ class RelaySession:
         return self.device.identity.token(self.device.book_id, self.token_lifetime_s, now)
 
     async def _refresh_tokens(self, ws: ClientConnection) -> None:
-        """Send a fresh token well before the current one expires (SPEC 4 `auth`): a
+        """Send a fresh token well before the current one expires (docs/CONTRACT.md §4 `auth`): a
         quarter of the lifetime ahead, at least one second, at most a minute."""
         margin = min(60.0, max(1.0, self.token_lifetime_s / 4))
         while True:

@@ -27,7 +27,7 @@ class PendingOp:
 
 @dataclass
 class Position:
-    """SPEC 4: the highest N such that every seq ≤ N was received or acked, per epoch."""
+    """contract §4: the highest N such that every seq ≤ N was received or acked, per epoch."""
 
     epoch: str | None = None
     seq: int = 0

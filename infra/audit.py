@@ -1,4 +1,4 @@
-"""Audit events (SPEC 7): one per security-relevant action, hashed identifiers only.
+"""Audit events (docs/CONTRACT.md §7): one per security-relevant action, hashed identifiers only.
 
 Written to the metadata store and the log; purged after the retention period by a
 loop that runs inside the server. Refusals a client can provoke at will (auth failures,

@@ -1,7 +1,7 @@
 """Who is calling: the bearer token checked against the device's registered key.
 
-`authenticate` gives 401s (SPEC 2); the `require_*` checks give 403s. They are
-separate calls because a 429 ranks between them (SPEC 3 precedence). Keys are read
+`authenticate` gives 401s (docs/CONTRACT.md §2); the `require_*` checks give 403s. They are
+separate calls because a 429 ranks between them (docs/CONTRACT.md §3 precedence). Keys are read
 from the metadata store on every call, so a revoked device is refused at once.
 """
 

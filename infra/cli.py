@@ -1,4 +1,4 @@
-"""`homepocket-relay serve | migrate`: the server's command line (SPEC 8)."""
+"""`homepocket-relay serve | migrate`: the server's command line (docs/CONTRACT.md §8)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--data-dir", default=None)
     demo = sub.add_parser("demo", help="two phones pair and sync through a relay, end to end")
     demo.add_argument("--server", default=None, help="use this server instead of starting one")
+    demo.add_argument("--web", action="store_true", help="two phones side by side in a browser")
+    demo.add_argument("--port", type=int, default=8000, help="the web page's port (with --web)")
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.web:
+        from client.web import main as web_main
+
+        return web_main(args.server, args.port)
     if args.command == "demo":
         from client.demo import main as demo_main  # the client is not needed to serve
 

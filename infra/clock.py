@@ -32,5 +32,5 @@ class ManualClock:
 
 
 def rfc3339(unix_seconds: float) -> str:
-    """RFC 3339 UTC with a `Z`, to the second (SPEC 1: string times)."""
+    """RFC 3339 UTC with a `Z`, to the second (docs/CONTRACT.md §1: string times)."""
     return datetime.fromtimestamp(int(unix_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -5,7 +5,7 @@ replaces `live` and `backlog` with its own when it is wired in, storage `snapsho
 
 Rate limits, for every capability: `count_call(infra, NAME, caller.device_id or
 infra.ip_key(conn), fail_closed=..., origin=infra.origin(conn))` then, at its place in
-SPEC 3's precedence, `enforce(verdict, NAME)`. Limits on failures only: `check_call`
+the precedence of contract §3, `enforce(verdict, NAME)`. Limits on failures only: `check_call`
 first, `count_call` after a failure. A refusal raised outside an HTTP handler (a socket
 handshake) is audited with `record_refusal(infra, exc, websocket)`; HTTP handlers need
 nothing, the app's ApiError handler does it.

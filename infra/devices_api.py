@@ -1,7 +1,7 @@
 """Devices and books over HTTP: register, list, revoke, erase, and the audit export.
 
 Handlers are thin: read the body (413), authenticate (401), count limits (429),
-authorise (403), validate (400), then call the domain — the precedence of SPEC 3.
+authorise (403), validate (400), then call the domain — the precedence of docs/CONTRACT.md §3.
 """
 
 from __future__ import annotations

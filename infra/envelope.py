@@ -1,4 +1,4 @@
-"""The response envelope of SPEC 3, for success and error alike.
+"""The response envelope of docs/CONTRACT.md §3, for success and error alike.
 
 Every JSON body the server writes goes through `ok` or `error_body`, so the shape,
 `meta.timestamp` and `meta.request_id` never differ between endpoints.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# code -> HTTP status (PRD 7.2 plus SPEC 3).
+# code -> HTTP status (the table of docs/CONTRACT.md §3).
 STATUS: dict[str, int] = {
     "VALIDATION_ERROR": 400,
     "INVALID_SHORT_CODE": 400,
@@ -35,7 +35,7 @@ STATUS: dict[str, int] = {
     "SERVICE_UNAVAILABLE": 503,
 }
 
-# When several errors apply, the first of these wins (SPEC 3).
+# When several errors apply, the first of these wins (docs/CONTRACT.md §3).
 PRECEDENCE = (413, 401, 429, 403, 400, 404, 409)
 
 

@@ -1,7 +1,7 @@
 """Identifiers: device fingerprints, hashed book and IP references, the client's address.
 
 The raw book_id and the client IP never go past this module into storage: callers
-keep `book_ref` and `ip_ref` (SPEC 1).
+keep `book_ref` and `ip_ref` (docs/CONTRACT.md §1).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
     """The peer address, or the right-most X-Forwarded-For hop not in TRUSTED_PROXIES
-    when the peer is one (SPEC 6). Never trust the header from anyone else."""
+    when the peer is one (docs/CONTRACT.md §6). Never trust the header from anyone else."""
     raw_peer = str((scope.get("client") or ("unknown", 0))[0])
     peer = _parse_ip(raw_peer)
     if peer is None:

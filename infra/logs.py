@@ -1,4 +1,4 @@
-"""JSON-lines logs that leak nothing (SPEC 7).
+"""JSON-lines logs that leak nothing (docs/CONTRACT.md §7).
 
 A filter on the root handler redacts every record, whoever logged it: fields with
 sensitive names are dropped, and token-, key- and address-shaped text is masked in

@@ -68,7 +68,7 @@ class Members:
     async def register(
         self, device_id: str, public_key: str, book_ref: str | None, now: int
     ) -> Registration:
-        """SPEC 3 `POST /devices`, atomically: a book is created by its first device."""
+        """contract §3 `POST /devices`, atomically: a book is created by its first device."""
         async with self.db.transaction() as tx:
             device = await self.get(device_id, tx)
             if device is not None and device.revoked:

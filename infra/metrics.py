@@ -1,5 +1,5 @@
 """Prometheus metrics. Labels are route templates, methods, statuses and fixed names:
-never a book, a device or an address (SPEC 7)."""
+never a book, a device or an address (docs/CONTRACT.md §7)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ CORS_EXPOSE_HEADERS = (
 
 
 def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
-    """CORS for an allowed origin only; other origins get none (SPEC 7)."""
+    """CORS for an allowed origin only; other origins get none (docs/CONTRACT.md §7)."""
     if origin is None or origin not in allowed:
         return {}
     return {

@@ -1,4 +1,4 @@
-"""Rate limits of SPEC 6 on the `limits` library's async API.
+"""Rate limits of docs/CONTRACT.md §6 on the `limits` library's async API.
 
 Counters live in Redis when REDIS_URL is set (so every instance shares them) and in
 memory otherwise. Keys are a limit name and a device_id or an `ip_ref`, never a raw IP.

@@ -175,7 +175,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "port": settings.port,
         "ws": DirectWebSocket,
         "ws_per_message_deflate": False,  # ciphertext does not compress
-        # The relay's heartbeat (SPEC 4): ASGI apps cannot send ping frames, so uvicorn
+        # The relay's heartbeat (docs/CONTRACT.md §4): ASGI apps cannot send ping frames, so uvicorn
         # pings every interval and drops a peer whose pong is late past the timeout.
         "ws_ping_interval": settings.heartbeat_interval_s,
         "ws_ping_timeout": max(1.0, settings.heartbeat_timeout_s - settings.heartbeat_interval_s),

@@ -32,7 +32,7 @@ class ConfigError(Exception):
         self.problem = problem
 
 
-# Rate limits of SPEC 6, by variable name. `off` disables one.
+# Rate limits of docs/CONTRACT.md §6, by variable name. `off` disables one.
 RATE_LIMIT_DEFAULTS: dict[str, str] = {
     "RATE_LIMIT_PAIRING_GENERATE": "10/hour",
     "RATE_LIMIT_PAIRING_VERIFY_FAILURES": "5 per 10 minutes",
@@ -64,7 +64,7 @@ class Settings:
     sentry_dsn: Secret | None = None
     log_level: str = "INFO"
     migrate_on_start: bool = True
-    # Sizes and times (SPEC 8).
+    # Sizes and times (docs/CONTRACT.md §8).
     max_op_bytes: int = MIB
     backlog_max_ops: int = 10_000
     backlog_max_bytes: int = 64 * MIB

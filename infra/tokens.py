@@ -1,4 +1,4 @@
-"""Device-signed EdDSA tokens (SPEC 2): parse strictly, verify against a known key.
+"""Device-signed EdDSA tokens (docs/CONTRACT.md §2): parse strictly, verify against a known key.
 
 Pure: no I/O, the time is passed in. Every refusal is `401 INVALID_TOKEN` with a
 `details.reason` of invalid, expired, clock_skew or lifetime.
@@ -20,7 +20,7 @@ from jwt.api_jws import PyJWS
 
 from infra.errors import ApiError, invalid_token
 
-# "EdDSA" and "Ed25519" name the same signature (the PRD's clients send Ed25519).
+# "EdDSA" and "Ed25519" name the same signature (some clients send Ed25519).
 # Nothing else is registered, so no `none`, HS* or RS*: no algorithm confusion.
 ALGORITHMS = ("EdDSA", "Ed25519")
 _jws = PyJWS(algorithms=[])
@@ -98,7 +98,7 @@ def read_unverified(token: str) -> Claims:
 
 
 def verify(token: str, public_key: bytes, now: float, max_lifetime_s: int) -> Claims:
-    """Signature against the registered key, then the times (SPEC 2)."""
+    """Signature against the registered key, then the times (docs/CONTRACT.md §2)."""
     claims = read_unverified(token)
     try:
         key = Ed25519PublicKey.from_public_bytes(public_key)

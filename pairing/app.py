@@ -1,6 +1,6 @@
 """Pairing over HTTP: `POST /api/v1/pairing/{generate,verify,exchange,confirm}`.
 
-Thin adapters in SPEC 3's order: read the body (413), authenticate (401), limits
+Thin adapters in the order of docs/CONTRACT.md §3: read the body (413), authenticate (401), limits
 (429), authorise (403), validate (400), then `pairing.service` (404, 409). The store
 is chosen once, here, from the settings. A short code never reaches a log, a metric,
 an audit entry or an error message; a payload is passed on as received.
@@ -44,7 +44,7 @@ VERIFY_LIMIT = "RATE_LIMIT_PAIRING_VERIFY_FAILURES"
 SHORT_CODE = re.compile(r"[0-9]{6}")
 PAIRING_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_PAYLOAD_BYTES = 64 * 1024
-TOMBSTONE_S = 300  # SPEC 5: an expired code is told apart for 300 s
+TOMBSTONE_S = 300  # docs/CONTRACT.md §5: an expired code is told apart for 300 s
 SWEEP_EVERY_S = 0.5
 # A verify in flight holds a slot of its caller's remaining failure budget, so parallel
 # guesses cannot overshoot the limit; a slot frees itself if an instance dies mid-call.

@@ -1,4 +1,4 @@
-"""OpenAPI descriptions of the four pairing endpoints (SPEC 3)."""
+"""OpenAPI descriptions of the four pairing endpoints (docs/CONTRACT.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The client side of SPEC 5: commitment, nonces, the short authentication string (SAS)
+"""The client side of docs/CONTRACT.md §5: commitment, nonces, the short authentication string (SAS)
 and the book key sealed from G to J. Pure functions over bytes, no I/O.
 
 For clients only: the server never imports this module (it must never see a nonce

@@ -1,4 +1,4 @@
-"""Pairing's rules (SPEC 5): codes, the pending joiner, exchange, confirm, expiry.
+"""Pairing's rules (docs/CONTRACT.md §5): codes, the pending joiner, exchange, confirm, expiry.
 
 Transport-free: handlers in `pairing.app` call these with an authenticated device.
 It never reads or changes a payload, never logs a code, a payload or a raw book_id,

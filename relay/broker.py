@@ -24,7 +24,7 @@ Clock = Callable[[], float]
 
 
 def new_epoch() -> str:
-    """An opaque epoch: 96 random bits, never a counter (SPEC 4)."""
+    """An opaque epoch: 96 random bits, never a counter (docs/CONTRACT.md §4)."""
     return secrets.token_hex(12)
 
 
@@ -98,7 +98,7 @@ class History:
 
 
 def read_plan(head: Head, since: int, epoch: str | None) -> tuple[int, bool]:
-    """Where a read starts (after this seq) and whether it is a gap (SPEC 4)."""
+    """Where a read starts (after this seq) and whether it is a gap (docs/CONTRACT.md §4)."""
     gap = (
         (since > 0 and epoch != head.epoch)
         or since > head.latest_seq
@@ -190,7 +190,7 @@ class Broker(Protocol):
     async def online(self, book_ref: str) -> set[str]: ...
 
     async def refund_connect(self, device_id: str, window_s: int) -> None:
-        """A connect the server itself ended (1012, 1013) does not count (SPEC 6)."""
+        """A connect the server itself ended (1012, 1013) does not count (docs/CONTRACT.md §6)."""
         ...
 
     async def take_refund(self, device_id: str) -> bool: ...

@@ -5,7 +5,7 @@ Each socket reserves a block of its device's op budget at once (the limiter's hi
 to counting op by op, so the limit stays exact at its edge. The price: a socket that
 closes with part of a block unspent has counted up to `block - 1` ops it never sent.
 The block is 1/20 of the limit (at most 50), so small limits are counted one by one.
-When the limit store is down, relay traffic goes on (SPEC 6).
+When the limit store is down, relay traffic goes on (docs/CONTRACT.md §6).
 """
 
 from __future__ import annotations

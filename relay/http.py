@@ -1,6 +1,6 @@
 """The relay's HTTP endpoints: `POST /relay/send`, `GET /books/{book_id}/ops`,
-`GET /books/{book_id}/sync_status`, checked in the contract's order (413, 401, 429,
-403, 400). A gap in `GET ops` is answered by relay.resume, as on the socket.
+`GET /books/{book_id}/sync_status` (docs/CONTRACT.md §3), checked in the contract's order
+(413, 401, 429, 403, 400). A gap in `GET ops` is answered by relay.resume, as on the socket.
 
 Thin adapters over the broker; never decode or log a payload.
 """
@@ -93,7 +93,7 @@ def routes(infra: Infra, broker: Broker, hub: Hub, records: SyncRecords) -> list
             "epoch": head.epoch,
             "latest_seq": head.latest_seq,
             "ops_total": ops_total,
-            # `_at` times are RFC 3339 strings (SPEC 1), like created_at and last_active_at.
+            # `_at` times are RFC 3339 strings (contract §1), like created_at and last_active_at.
             "last_op_at": rfc3339(last_op_at) if last_op_at is not None else None,
             "devices_total": len(members),
             "devices_online": len(online),

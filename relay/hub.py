@@ -31,7 +31,7 @@ Sending = Coroutine[Any, Any, None]
 CLOSE_SEND_TIMEOUT_S = 5.0
 MAX_INFLIGHT = 32
 
-# Close codes of SPEC 4, and the reason each carries.
+# Close codes of docs/CONTRACT.md §4, and the reason each carries.
 TOKEN_EXPIRED = (4401, "INVALID_TOKEN")
 REVOKED = (4403, "FORBIDDEN")
 REPLACED = (4409, "TOO_MANY_SOCKETS")

@@ -1,6 +1,7 @@
-"""Photo and snapshot endpoints over HTTP, the local blob URLs, the sweeper and the hooks.
+"""Photo and snapshot endpoints over HTTP (docs/CONTRACT.md §3), the local blob URLs, the
+sweeper and the hooks.
 
-Handlers are thin adapters in the contract's precedence: read the body (413), authenticate
+Handlers are thin adapters in the precedence of contract §3: read the body (413), authenticate
 (401), count limits (429), authorise (403), validate (400), then the domain (404, 409).
 They never log or store a photo's bytes, a transaction id or a mime type.
 """
@@ -150,7 +151,7 @@ def make(
         return no_content()
 
     async def limit(name: str, caller: Caller) -> None:
-        """Per device; when the limit store is down, photo traffic goes on (SPEC 6)."""
+        """Per device; when the limit store is down, photo traffic goes on (docs/CONTRACT.md §6)."""
         enforce(await count_call(infra, name, caller.device_id, fail_closed=False), name)
 
     async def audit(

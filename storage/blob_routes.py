@@ -1,8 +1,8 @@
-"""The local folder's signed blob URLs, served by the app (SPEC 3 "Blobs").
+"""The local folder's signed blob URLs, served by the app (docs/CONTRACT.md §3 "Blobs").
 
 `PUT /blobs/{key}` streams exactly the signed number of bytes to disk; `GET` streams a
 file back. No bearer token: the URL's HMAC signature and expiry are the credential
-(SPEC 2). Refusals use the error envelope: a bad or tampered signature or an expired
+(docs/CONTRACT.md §2). Refusals use the error envelope: a bad or tampered signature or an expired
 URL is `403 FORBIDDEN` (`details.reason` `signature` or `expired`), more bytes than
 signed `413 PAYLOAD_TOO_LARGE`, a missing or short body `400 VALIDATION_ERROR`.
 CORS headers come from the edge middleware, as for the API. Never logs a key or a URL.

@@ -1,4 +1,4 @@
-"""OpenAPI description of the photo and snapshot endpoints."""
+"""OpenAPI description of the photo and snapshot endpoints (docs/CONTRACT.md §3)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ resource "aws_db_parameter_group" "postgres" {
     value = "1"
   }
   # Slow statements are logged, their parameters never (they are hashed ids, but
-  # logs are no place for them): SPEC 7.
+  # logs are no place for them): docs/CONTRACT.md §7.
   parameter {
     name  = "log_min_duration_statement"
     value = "1000"
@@ -146,7 +146,7 @@ resource "aws_vpc_security_group_ingress_rule" "redis_from_eks" {
 }
 
 # The server keeps its backlog, pairing codes and limits in Redis: nothing may be
-# evicted silently (SPEC 8). ElastiCache forbids CONFIG GET, so the server cannot
+# evicted silently (docs/CONTRACT.md §8). ElastiCache forbids CONFIG GET, so the server cannot
 # check this itself here; this parameter group is the guarantee.
 resource "aws_elasticache_parameter_group" "redis" {
   name   = "${local.name}-redis7"

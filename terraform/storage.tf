@@ -1,6 +1,6 @@
 # The photo bucket. Clients PUT and GET ciphertext through presigned URLs; only the
 # relay's role signs them. Keys: photos/{book_ref}/{photo_id} and
-# snapshots/{book_ref}/{snapshot_id} (SPEC 3), no raw id anywhere.
+# snapshots/{book_ref}/{snapshot_id} (docs/CONTRACT.md §3), no raw id anywhere.
 locals {
   photo_bucket = coalesce(var.photo_bucket_name, "${local.name}-photos-${local.account_id}")
   # The only prefixes the relay writes; its IAM policy names nothing else.
@@ -10,8 +10,8 @@ locals {
 }
 
 resource "aws_s3_bucket" "photos" {
-  #checkov:skip=CKV_AWS_18:Access logs would record every requester's IP and object key per photo GET; the privacy rules (SPEC 7) keep no such trail.
-  #checkov:skip=CKV_AWS_21:Versioning would keep erased ciphertext as noncurrent versions; DELETE /books and DELETE /photos must really delete (SPEC 3). Objects are written once and never overwritten.
+  #checkov:skip=CKV_AWS_18:Access logs would record every requester's IP and object key per photo GET; the privacy rules (docs/CONTRACT.md §7) keep no such trail.
+  #checkov:skip=CKV_AWS_21:Versioning would keep erased ciphertext as noncurrent versions; DELETE /books and DELETE /photos must really delete (docs/CONTRACT.md §3). Objects are written once and never overwritten.
   #checkov:skip=CKV_AWS_144:A cross-region replica is a second copy every erasure must reach, and needs versioning (see CKV_AWS_21); S3 Standard's multi-AZ durability is enough for ciphertext whose owners hold the originals.
   #checkov:skip=CKV2_AWS_62:No consumer exists for object events; the server learns of uploads from its complete call.
   bucket        = local.photo_bucket
@@ -107,7 +107,7 @@ resource "aws_s3_bucket_cors_configuration" "photos" {
   }
 }
 
-# Abandoned uploads (SPEC 3: never completed, removed after 24 h).
+# Abandoned uploads (docs/CONTRACT.md §3: never completed, removed after 24 h).
 #
 # An upload and a completed object share one key (photos/{book_ref}/{photo_id}),
 # so no prefix can tell them apart, and a lifecycle rule cannot read the server's

@@ -125,7 +125,7 @@ resource "aws_vpc_endpoint" "s3" {
 
 # Flow logs: rejected and accepted connections, kept briefly (they hold client IPs).
 resource "aws_cloudwatch_log_group" "flow" {
-  #checkov:skip=CKV_AWS_338:Flow logs record client IP addresses; the privacy rules (SPEC 7) keep them for log_retention_days, not a year.
+  #checkov:skip=CKV_AWS_338:Flow logs record client IP addresses; the privacy rules (docs/CONTRACT.md §7) keep them for log_retention_days, not a year.
   name              = "/aws/vpc/${local.name}/flow"
   retention_in_days = var.log_retention_days
   kms_key_id        = aws_kms_key.main.arn

@@ -1,4 +1,4 @@
-"""Every token rejection rule of SPEC 2, over real HTTP on both backends."""
+"""Every token rejection rule of docs/CONTRACT.md §2, over real HTTP on both backends."""
 
 from __future__ import annotations
 

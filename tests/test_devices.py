@@ -1,4 +1,4 @@
-"""POST /devices and the device list (SPEC 3), on both backends over real HTTP."""
+"""POST /devices and the device list (docs/CONTRACT.md §3), on both backends over real HTTP."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Every answer has the envelope and headers, bad input is a 4xx naming the field, and
-nothing is ever a bare 500 or a stack trace (SPEC 3)."""
+nothing is ever a bare 500 or a stack trace (docs/CONTRACT.md §3)."""
 
 from __future__ import annotations
 

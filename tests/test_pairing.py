@@ -1,4 +1,4 @@
-"""Pairing (SPEC 3 and 5) over real HTTP, on the embedded default and on Redis +
+"""Pairing (docs/CONTRACT.md §3 and §5) over real HTTP, on the embedded default and on Redis +
 PostgreSQL, through the `backend` fixture."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Pairing meets the relay (SPEC 4 and 5), over real sockets, on the embedded default and
-on Redis + PostgreSQL: the generating device hears of the verify on its socket, the
+"""Pairing meets the relay (docs/CONTRACT.md §4 and §5), over real sockets, on the embedded
+default and on Redis + PostgreSQL: the generating device hears of the verify on its socket, the
 pending joiner's socket is refused until the confirm, and the book hears it joined."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The client side of SPEC 5 (pairing.sas): the published test vectors, the commitment
+"""The client side of docs/CONTRACT.md §5 (pairing.sas): the published test vectors, the commitment
 check, and a key-swapping server caught by the SAS and by the book-key box."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_sas_vectors(n_g: str, n_j: str, commit: str, digits: str) -> None:
     ng, nj = bytes.fromhex(n_g), bytes.fromhex(n_j)
     assert sas.commitment(pk_g, ng).hex() == commit
     assert sas.sas(pk_g, pk_j, ng, nj) == digits
-    # The same digits straight from the SPEC 5 formula, without the module.
+    # The same digits straight from the docs/CONTRACT.md §5 formula, without the module.
     digest = hashlib.sha256(b"hp-sas-v1" + pk_g + pk_j + ng + nj).digest()
     assert f"{int.from_bytes(digest[:4], 'big') % 10**6:06d}" == digits
     assert sas.commit_message(pk_g, ng) == b"\x01" + bytes.fromhex(commit)

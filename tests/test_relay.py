@@ -1,4 +1,4 @@
-"""The relay socket's contract (SPEC 4), on the embedded broker and on Redis, over real
+"""The relay socket's contract (docs/CONTRACT.md §4), on the embedded broker and on Redis, over real
 sockets against the real app under uvicorn."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""No silent loss (SPEC 4), as a property: over random sends, disconnects and resumes,
+"""No silent loss (docs/CONTRACT.md §4), as a property: over random sends, disconnects and resumes,
 every acked op ends up with every member device, or that device was told sync_gap.
 Runs on both backends; few, small examples to stay quick."""
 

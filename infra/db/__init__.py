@@ -2,7 +2,7 @@
 
 Capability code writes one SQL text for both, with `$1`-style parameters; the SQLite
 backend rewrites them to `?1`. Rows come back as plain dicts. Only hashed identifiers
-and counts are ever stored (SPEC 1): no payload, no raw book_id, no raw IP.
+and counts are ever stored (docs/CONTRACT.md §1): no payload, no raw book_id, no raw IP.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ PROMQL_WORDS = set(
     " and or unless bool absent topk group_left group_right offset clamp_min clamp_max"
     " vector".split()
 )
-# SPEC 4 close codes.
+# docs/CONTRACT.md §4 close codes.
 CLOSE_CODES = set("1008 1009 1012 1013 4401 4403 4409 4410 4429".split())
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

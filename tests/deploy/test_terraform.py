@@ -94,7 +94,7 @@ def test_postgres_is_15_multi_az_encrypted_and_backed_up(tf: dict[str, Any]) -> 
         for p in tf["resource"]["aws_db_parameter_group"]["postgres"]["parameter"]
     }
     assert params["rds.force_ssl"] == "1"
-    assert params["log_parameter_max_length"] == "0", "no query parameters in logs (SPEC 7)"
+    assert params["log_parameter_max_length"] == "0", "no query params in logs (contract §7)"
 
 
 def test_redis_has_tls_auth_failover_and_noeviction(tf: dict[str, Any]) -> None:
@@ -167,7 +167,7 @@ def test_relay_role_reaches_only_its_prefixes_through_irsa(tf: dict[str, Any]) -
     assert statements["ListRelayPrefixes"]["actions"] == ["s3:ListBucket"]
     assert statements["BucketKeyViaS3"]["condition"][0]["variable"] == "kms:ViaService"
     prefixes = tf_locals_prefixes()
-    assert prefixes == ["photos/", "snapshots/"], "the SPEC 3 key layouts"
+    assert prefixes == ["photos/", "snapshots/"], "the docs/CONTRACT.md §3 key layouts"
     trust = {
         c["variable"].split(":")[-1]: c["values"]
         for c in one(docs["relay_assume"], "statement")["condition"]

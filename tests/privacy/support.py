@@ -354,7 +354,7 @@ def decrypt(book_key: bytes, ciphertext: bytes) -> str:
 
 
 async def more_of_the_session(client: httpx.AsyncClient, ws_url: str, session: Session) -> None:
-    """A newcomer pairs through SPEC 5 (SAS, confirm, the book key boxed to it); ops
+    """A newcomer pairs through docs/CONTRACT.md §5 (SAS, confirm, the book key boxed to it); ops
     encrypted under that key go through the socket and `relay/send`; a photo goes
     through its presigned URL; a second newcomer is left pending in a live session."""
     import base64
@@ -437,7 +437,7 @@ async def more_of_the_session(client: httpx.AsyncClient, ws_url: str, session: S
 async def pair(
     client: httpx.AsyncClient, g: TracedKey, j: TracedKey, session: Session, book_key: bytes
 ) -> str:
-    """SPEC 5 between G and J, through the server: code, commit, nonce, reveal, SAS,
+    """docs/CONTRACT.md §5 between G and J, through the server: code, commit, nonce, reveal, SAS,
     confirm, the book key in a box from G to J. Returns the pairing_id."""
     import base64
 

@@ -1,4 +1,4 @@
-"""Audit events (SPEC 7): what is recorded, with hashed identifiers only; refusals
+"""Audit events (docs/CONTRACT.md §7): what is recorded, with hashed identifiers only; refusals
 throttled; the 90-day purge that runs inside the server; GET /audit, paged, own events only."""
 
 from __future__ import annotations

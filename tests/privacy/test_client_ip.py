@@ -1,4 +1,5 @@
-"""Whose address a call comes from (SPEC 6), and the hashed keys made of it (SPEC 1)."""
+"""Whose address a call comes from (docs/CONTRACT.md §6), and the hashed keys made of it
+(§1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DELETE /api/v1/books/{book_id} at the shared layer (SPEC 3): members' rows, sync
+"""DELETE /api/v1/books/{book_id} at the shared layer (docs/CONTRACT.md §3): members' rows, sync
 records and the book go before the 204, capabilities' hooks run, and the audit keeps
 only the erasure event."""
 

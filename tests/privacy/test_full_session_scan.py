@@ -4,7 +4,7 @@ everything at rest (a pg_dump, every Redis key and value, every object key) and
 everything emitted (every log line, every Sentry envelope) is searched for the raw
 book_id, the tokens, the client's addresses, the erased devices' keys and canaries.
 
-The session (`drive_session`): register, pair through SPEC 5 (the SAS, the confirm, the
+The session (`drive_session`): register, pair through docs/CONTRACT.md §5 (the SAS, the confirm, the
 book key boxed from one phone to the other), relay ops over the socket and over HTTP
 whose canary plaintexts are encrypted on the client, an encrypted photo through its
 presigned URL, a revoke, a pairing left pending. It is scanned once while the book

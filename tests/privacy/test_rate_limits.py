@@ -1,4 +1,4 @@
-"""Rate limits of SPEC 6 at the shared layer: registration per IP, the 429 envelope and
+"""Rate limits of docs/CONTRACT.md §6 at the shared layer: registration per IP, the 429 envelope and
 headers, configuration by variable, X-Forwarded-For only from trusted proxies, one
 counter for many instances, and failing closed when the counter store is down."""
 
@@ -249,7 +249,7 @@ async def test_relay_traffic_fails_open_when_the_limit_store_is_down(
 async def test_every_limit_is_counted_apart_and_shared_by_instances(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Each limit of SPEC 6, set to 2 a minute by its variable, refuses the third call
+    """Each limit of docs/CONTRACT.md §6, set to 2 a minute by its variable, refuses the third call
     of one key, counts each limit and key apart, and (on Redis) is one counter for two
     instances."""
     names = list(RATE_LIMIT_DEFAULTS)

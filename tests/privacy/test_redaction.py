@@ -1,4 +1,4 @@
-"""Logs and Sentry leak nothing (SPEC 7): every log line of a whole HTTP session, and
+"""Logs and Sentry leak nothing (docs/CONTRACT.md §7): every log line of a whole HTTP session, and
 the events Sentry would receive for an error inside a handler, hold no raw book_id,
 token, IP address, public key, header, cookie, body or local variable."""
 

@@ -1,4 +1,4 @@
-"""Photo storage (SPEC 3) over real HTTP, on the local folder and on moto's S3 server:
+"""Photo storage (docs/CONTRACT.md §3) over real HTTP, on the local folder and on moto's S3 server:
 the same tests through the `backend` fixture."""
 
 from __future__ import annotations

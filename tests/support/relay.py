@@ -19,6 +19,7 @@ from infra.db import open_database
 from infra.ids import IdHasher
 from infra.members import Members
 from infra.settings import Settings, resolve_id_hash_key
+from tests.support.asyncapi import check_server_message
 from tests.support.keys import DeviceKey
 
 
@@ -72,7 +73,11 @@ class Peer:
             frame = await asyncio.wait_for(self.ws.recv(), timeout)
             assert isinstance(frame, str)
             self.frames += 1
-            self.buffer.extend(orjson.loads(line) for line in frame.split("\n") if line)
+            for line in frame.split("\n"):
+                if line:
+                    message = orjson.loads(line)
+                    check_server_message(message)  # every message matches docs/asyncapi.yaml
+                    self.buffer.append(message)
         return self.buffer.popleft()
 
     async def recv_type(self, *types: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -153,6 +153,10 @@ test("a snapshot fills a gap, where the server has snapshots", async (t) => {
   closing.push(() => c.close());
   c.goOnline();
   await c.waitUntil(() => c.entries().length === 3, 10_000);
+  // The event is told once the gap is handled, which is what filled the ledger.
+  for (const deadline = Date.now() + 5000; gaps.length === 0 && Date.now() < deadline;) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
   assert.equal(gaps.length, 1);
   assert.equal(gaps[0].snapshot.covers_seq, 3);
   assert.equal(gaps[0].resume_seq, 3);

@@ -1,6 +1,7 @@
 """`homepocket-relay demo`: two phones pair, keep a ledger together through the relay
-(one of them offline for a while), share an encrypted photo, and converge — then what
-the server saw, which is only ciphertext sizes and hashed ids.
+(one of them offline for a while), share an encrypted photo, save a snapshot, and a
+third phone joins while the other two are offline and gets the whole ledger from the
+server alone — then what the server saw, which is only ciphertext sizes and hashed ids.
 
 Runs a server on the embedded default in a temporary folder unless given `--server`.
 Every key and plaintext stays in this process's two Device objects.
@@ -78,14 +79,15 @@ async def embedded_server(
 async def run_scenario(server_url: str, workdir: Path, say: Say = print) -> DemoResult:
     alice = Device.open(workdir / "alice", server_url, "Alice")
     bob = Device.open(workdir / "bob", server_url, "Bob")
+    carol = Device.open(workdir / "carol", server_url, "Carol")
     try:
-        return await _story(alice, bob, say)
+        return await _story(alice, bob, carol, say)
     finally:
-        await alice.close()
-        await bob.close()
+        for phone in (alice, bob, carol):
+            await phone.close()
 
 
-async def _story(alice: Device, bob: Device, say: Say) -> DemoResult:
+async def _story(alice: Device, bob: Device, carol: Device, say: Say) -> DemoResult:
     say("1. Alice's phone makes a device key and a new book.")
     await alice.create_book()
     say(f"   device {alice.device_id[:12]}… (SHA-256 of its public key); the book key")
@@ -138,14 +140,37 @@ async def _story(alice: Device, bob: Device, say: Say) -> DemoResult:
     )
     await asyncio.gather(alice.wait_synced(), bob.wait_synced())
 
+    say("7. Alice's phone saves the whole ledger as one encrypted snapshot.")
+    snapshot = await alice.upload_snapshot()
+    say(
+        f"   {snapshot['size_bytes']} bytes of ciphertext covering seq 1-{snapshot['covers_seq']};"
+        " the server drops the ops it covers."
+    )
+    bob.add_entry(-250, "Bus ticket")
+    await bob.wait_synced()
+    await alice.wait_until(lambda: len(alice.ledger.entries()) == 5)
+
+    say("8. Carol's new phone joins with a code from Alice; then Alice's and Bob's phones")
+    say("   go offline. No other phone is online when Carol's syncs.")
+    await carol.register()
+    await pair.side_by_side(alice, carol)
+    await alice.go_offline()
+    await bob.go_offline()
+    carol.go_online()
+    await carol.wait_until(lambda: len(carol.ledger.entries()) == 5)
+    await carol.wait_synced()
+    assert carol.session is not None
+    say(f"   Carol's phone loads the snapshot ({carol.api.blob_bytes_received} bytes) and the op")
+    say("   after it: the whole ledger, from the server alone.")
+
     say("")
-    say("The ledger, as both phones now hold it:")
+    say("The ledger, as the three phones now hold it:")
     for entry in alice.ledger.entries():
         say("   " + entry.line())
-    same = alice.ledger.entries() == bob.ledger.entries()
+    same = alice.ledger.entries() == bob.ledger.entries() == carol.ledger.entries()
     say(
-        f"   balance {alice.ledger.balance_cents() / 100:.2f} EUR — Alice's and Bob's copies are "
-        + ("identical." if same else "DIFFERENT.")
+        f"   balance {alice.ledger.balance_cents() / 100:.2f} EUR — Alice's, Bob's and Carol's"
+        " copies are " + ("identical." if same else "DIFFERENT.")
     )
 
     view, payloads = await _server_view(alice, photo_id)
@@ -154,7 +179,11 @@ async def _story(alice: Device, bob: Device, say: Say) -> DemoResult:
     for line in _describe(view):
         say("   " + line)
     return DemoResult(
-        ledgers={"alice": alice.ledger.entries(), "bob": bob.ledger.entries()},
+        ledgers={
+            "alice": alice.ledger.entries(),
+            "bob": bob.ledger.entries(),
+            "carol": carol.ledger.entries(),
+        },
         sas={"alice": paired_g.sas, "bob": paired_j.sas},
         photo_ok=photo_ok,
         server_view=view,
@@ -188,6 +217,12 @@ def _describe(view: dict[str, Any]) -> list[str]:
         f"ops: {status['ops_total']} in epoch {status['epoch']}, latest seq {status['latest_seq']},"
         f" backlog {status['backlog']['retained_ops']} ops retained"
     )
+    snapshot = status.get("snapshot")
+    if snapshot:
+        lines.append(
+            f"snapshot covering seq 1-{snapshot['covers_seq']}:"
+            f" {snapshot['size_bytes']} bytes of ciphertext"
+        )
     for op in view["ops"]:
         lines.append(f"  seq {op['seq']:>2}  from {op['device_id'][:12]}…  {op['bytes']:>6} bytes")
     photo = view["photo"]

@@ -259,8 +259,9 @@ class RelaySession:
             else:
                 self.online_peers.discard(peer)
         elif kind == "error":
-            if msg.get("code") == "RATE_LIMIT_EXCEEDED" and msg.get("id"):
-                # Refused for now, not for good: send it again after a pause.
+            if msg.get("code") in ("RATE_LIMIT_EXCEEDED", "SERVICE_UNAVAILABLE") and msg.get("id"):
+                # Refused for now, not for good (limited, or the relay's store briefly
+                # unavailable): send it again, with the same id, after a pause.
                 asyncio.get_running_loop().call_later(5.0, self._resend, str(msg["id"]))
             else:
                 device.refused(msg)

@@ -25,7 +25,7 @@ from client.session import Backoff
 from tests.conftest import make_settings, reset_production
 from tests.support.services import ID_HASH_KEY, InProcessServer, ServerProcess, free_port
 
-NOTES = ("Groceries", "Electricity bill", "Bakery", "Pharmacy")
+NOTES = ("Groceries", "Electricity bill", "Bakery", "Pharmacy", "Bus ticket")
 
 
 def fast(url: str, directory: Path, name: str, **kw: object) -> Device:
@@ -54,14 +54,17 @@ async def test_demo_scenario_converges_and_the_server_sees_only_ciphertext(
     lines: list[str] = []
     result = await run_scenario(server.url, tmp_path, lines.append)
     alice, bob = result.ledgers["alice"], result.ledgers["bob"]
-    assert alice == bob
+    assert alice == bob == result.ledgers["carol"]
     assert sorted(e.note for e in alice) == sorted(NOTES)
     assert [e.photo_id is not None for e in alice if e.note == "Groceries"] == [True]
     assert result.sas["alice"] == result.sas["bob"] and len(result.sas["alice"]) == 6
     assert result.photo_ok
     view = result.server_view
-    assert len(view["devices"]) == 2
-    assert view["sync_status"]["ops_total"] == len(view["ops"]) >= 5
+    assert len(view["devices"]) == 3
+    status = view["sync_status"]
+    # The snapshot trimmed the ops it covers: the backlog keeps only those after it.
+    assert status["snapshot"]["covers_seq"] >= 5 and status["ops_total"] > len(view["ops"]) >= 1
+    assert status["backlog"]["oldest_seq"] == status["snapshot"]["covers_seq"] + 1
     for payload in result.op_payloads:  # no plaintext reached the server
         assert not any(note.encode() in payload for note in NOTES)
     assert any("What the server saw:" in line for line in lines)
@@ -310,6 +313,7 @@ async def test_demo_command_runs_its_own_embedded_server() -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 50)
     text = out.decode()
     assert proc.returncode == 0, text
-    assert "Alice's and Bob's copies are identical." in text
+    assert "Alice's, Bob's and Carol's copies are identical." in text
+    assert "the whole ledger, from the server alone." in text
     assert "the same bytes as the original." in text
     assert "What the server saw:" in text and "Traceback" not in text

@@ -3,7 +3,7 @@
 Domain code: no HTTP here. The server keeps per photo only `photo_id`, `book_ref`,
 `size_bytes`, a status and times; never the bytes, a transaction id or a mime type.
 Object keys are `photos/{book_ref}/{photo_id}`. Errors are `ApiError` with the
-contract's codes; any blob-store failure is `500 S3_ERROR` with nothing half-recorded.
+contract's codes; any blob-store failure is `503 S3_ERROR` with nothing half-recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from infra.clock import Clock
 from infra.db import Database, Queries, Row
-from infra.errors import ApiError
+from infra.errors import ApiError, Unavailable
 from storage.blobs import BlobStore, BlobStoreError, SignedPut
 
 log = logging.getLogger("homepocket.storage")
@@ -74,7 +74,7 @@ class Upload:
 
 
 def s3_error() -> ApiError:
-    return ApiError("S3_ERROR", "The blob store did not answer; try again.")
+    return Unavailable("S3_ERROR", "s3")
 
 
 def not_found() -> ApiError:

@@ -364,9 +364,8 @@ async def test_subscriber_backs_off_until_redis_really_answers(tmp_path: Path) -
     with private_redis() as (redis_proc, port):
         async with FaultProxy(port) as proxy:
             lost: list[float] = []
-            sub = Subscriber(
-                proxy.url("redis", "/0"), lambda c, d: None, lambda: lost.append(0), 0.5
-            )
+            sub = Subscriber(proxy.url("redis", "/0"), lambda c, d: None, lambda: lost.append(0))
+            sub.timeout_s = 0.5  # BACKEND_TIMEOUT_S, short
             await sub.start()
             connects = 0
             original = sub._connect

@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from infra.settings import Settings
 from relay import redis_broker
 from tests.conftest import make_settings, reset_production
 from tests.support.faults import Device, FaultProxy, private_redis
-from tests.support.relay import make_book, open_peer
+from tests.support.relay import make_book, open_peer, payload
 from tests.support.services import ID_HASH_KEY, ServerProcess
 
 TIMEOUT_S = 1.0  # BACKEND_TIMEOUT_S of the instances under test
@@ -57,6 +58,7 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
                 "BACKEND_TIMEOUT_S": str(TIMEOUT_S),
                 "RATE_LIMIT_WS_CONNECT": "off",
                 "RATE_LIMIT_WS_OPS": "off",
+                "RATE_LIMIT_RELAY_SEND": "off",
             }
             procs = tuple(ServerProcess(env, tmp_path / f"i{i}") for i in range(2))
             try:
@@ -111,7 +113,8 @@ async def test_every_send_gets_one_answer_and_every_ack_its_own_seq(stack: Stack
     rng = random.Random(seed)
     one, two = stack.instances
     async with httpx.AsyncClient(base_url=one.url, timeout=30) as http:
-        book_id, keys = await make_book(http, stack.settings, 6)
+        book_id, keys = await make_book(http, stack.settings, 7)
+        poster, keys = keys[0], keys[1:]
         devices = [
             Device(k, [(one, two)[i % 2].ws_url], book_id, 200, 0.06, random.Random(rng.random()))
             for i, k in enumerate(keys)
@@ -119,7 +122,37 @@ async def test_every_send_gets_one_answer_and_every_ack_its_own_seq(stack: Stack
         tasks = [asyncio.ensure_future(d.run()) for d in devices]
         faults: list[str] = []
         loop = asyncio.get_running_loop()
-        await inject_faults(stack, rng, loop.time() + 12, faults)
+        # Meanwhile, over HTTP: appends retried by id until accepted, and reads of the
+        # backlog, on the same pipelined connection as the sockets' batches.
+        posted: dict[str, tuple[str, int]] = {}  # id -> (payload, seq)
+        until = loop.time() + 12
+
+        async def post_and_read(server: ServerProcess) -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                n = 0
+                while loop.time() < until:
+                    n += 1
+                    op_id, data = f"{server.port}-{n}", payload(24)
+                    body = {"book_id": book_id, "payload": data, "timestamp": int(time.time())}
+                    body["id"] = op_id
+                    while True:
+                        sent = await client.post(
+                            "/api/v1/relay/send", json=body, headers=poster.auth()
+                        )
+                        if sent.status_code == 202:
+                            posted[op_id] = (data, sent.json()["data"]["seq"])
+                            break
+                        assert sent.status_code == 503, sent.text
+                        assert sent.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+                        await asyncio.sleep(0.05)
+                    read = await client.get(
+                        f"/api/v1/books/{book_id}/ops", params={"limit": 5}, headers=poster.auth()
+                    )
+                    assert read.status_code in (200, 503), read.text
+
+        posters = [asyncio.ensure_future(post_and_read(s)) for s in (one, two)]
+        await inject_faults(stack, rng, until, faults)
+        await asyncio.wait_for(asyncio.gather(*posters), 40)
         # Healed: every op ends acked, and then each device stops on a quiet socket.
         deadline = loop.time() + 40
         while loop.time() < deadline and any(
@@ -153,10 +186,15 @@ async def test_every_send_gets_one_answer_and_every_ack_its_own_seq(stack: Stack
                 assert stored.get(seq) == (d.key.device_id, d.payloads[op_id]), (
                     f"{op_id} acked with seq {seq}, which holds another op ({context})"
                 )
+        for op_id, (data, seq) in posted.items():
+            assert stored.get(seq) == (poster.device_id, data), (
+                f"{op_id} accepted with seq {seq}, which holds another op ({context})"
+            )
         acked = sum(len(d.acked) for d in devices)
         assert acked == sum(d.target for d in devices)
         assert len(stored) >= acked  # (an op stored but failed may be stored once more)
-        print(f"{acked} ops acked, {sum(d.sends for d in devices)} sends; faults: {faults}")
+        sends = sum(d.sends for d in devices)
+        print(f"{acked} ops acked, {sends} sends, {len(posted)} over HTTP; faults: {faults}")
 
 
 async def test_presence_survives_a_redis_stall_longer_than_the_heartbeat_ttl(

@@ -406,6 +406,11 @@ class RedisBroker:
                 self._send(sent, pack(b"EVAL", APPEND_BATCH, *sent.script_args), False)
                 return
         self._in_flight -= 1
+        if self._in_flight < BATCHES_IN_FLIGHT:
+            # What gathered meanwhile goes out first, so Redis works on it while these
+            # answers are handed out. (A send never answers at once, so a socket's
+            # answers still keep the order of its ops.)
+            self._flush()
         failed = isinstance(reply, Exception)
         for (book_ref, op, _, done, held), at in zip(sent.entries, sent.where, strict=True):
             result: Appended | Exception
@@ -424,10 +429,6 @@ class RedisBroker:
                 done(result)
             except Exception:
                 log.exception("relay append answer failed")
-        # What gathered meanwhile goes out after these answers, so a socket's answers
-        # keep the order of its ops even when the next batch fails at once.
-        if self._in_flight < BATCHES_IN_FLIGHT:
-            self._flush()
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """One script call on the pipelined connection."""

@@ -215,8 +215,8 @@ class CommandConnection:
         """Write packed commands now (or once connected); `on_reply` gets the last of
         their `replies` (a MULTI ... EXEC's EXEC: the ones before are +OK and +QUEUED)."""
         loop = asyncio.get_running_loop()
-        if self._closed:
-            _tell(on_reply, RedisUnavailable("Redis connection closed"))
+        if self._closed:  # told on the next turn: a send never answers from inside itself
+            loop.call_soon(_tell, on_reply, RedisUnavailable("Redis connection closed"))
             return
         link = self._link
         if link is None:

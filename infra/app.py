@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -20,7 +21,7 @@ from infra import devices_api, openapi
 from infra.clock import Clock
 from infra.context import Capability, Infra, record_refusal
 from infra.envelope import JSON, error_response, ok
-from infra.errors import ApiError
+from infra.errors import ApiError, Unavailable
 from infra.metrics import BACKEND_UP, REGISTRY
 from infra.middleware import EdgeMiddleware, template_lookup
 from infra.settings import Settings
@@ -157,6 +158,22 @@ def create_app(
             err = ApiError("VALIDATION_ERROR", "The request was malformed.")
         return error_response(request, err)
 
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ApiError: api_error,
+        HTTPException: http_error,
+    }
+    if settings.redis_url:
+        # redis-py's own failures (a call on the shared client that Redis refused or did
+        # not answer in time): 503 SERVICE_UNAVAILABLE like ours, never a 500.
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        async def redis_down(request: Request, exc: Exception) -> Response:
+            log.warning("redis unavailable", extra={"error_type": type(exc).__name__})
+            return error_response(request, Unavailable("SERVICE_UNAVAILABLE", "redis"))
+
+        handlers[RedisConnectionError] = handlers[RedisTimeoutError] = redis_down
+
     app = App(
         routes=routes,
         lifespan=lifespan,
@@ -167,7 +184,7 @@ def create_app(
                 route_of=template_lookup(routes),
             )
         ],
-        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        exception_handlers=handlers,
     )
     app.sockets = sockets
     app.state.infra = infra

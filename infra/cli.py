@@ -34,7 +34,10 @@ async def _check_and_migrate(settings: Settings, migrate: bool) -> list[int]:
 
     resolve_id_hash_key(settings)
     try:
-        db = await asyncio.wait_for(open_database(settings.database_url, settings.data_dir), 15)
+        db = await asyncio.wait_for(
+            open_database(settings.database_url, settings.data_dir, settings.backend_timeout_s),
+            15,
+        )
     except Exception as exc:
         raise ConfigError("DATABASE_URL", f"cannot connect ({type(exc).__name__})") from None
     try:

@@ -40,7 +40,7 @@ from infra.ports import (
     NoSnapshots,
     SnapshotIndex,
 )
-from infra.ratelimit import LimitStoreDown, RateLimiter, Verdict
+from infra.ratelimit import LimitStoreDown, RateLimiter, Verdict, redis_retry
 from infra.ratelimit import fail_closed as limiter_down
 from infra.settings import ConfigError, Settings, resolve_id_hash_key
 
@@ -84,7 +84,7 @@ class Infra:
     async def open(self) -> None:
         s = self.settings
         self.hasher = IdHasher(resolve_id_hash_key(s).__str__())
-        self.db = await open_database(s.database_url, s.data_dir)
+        self.db = await open_database(s.database_url, s.data_dir, s.backend_timeout_s)
         if s.migrate_on_start:
             await self.db.migrate()
         self.members = Members(self.db)
@@ -105,11 +105,13 @@ class Infra:
         if self._redis is None:
             import redis.asyncio as aioredis  # production dependency, lazily
 
+            timeout = self.settings.backend_timeout_s
             self._redis = aioredis.from_url(
                 self.settings.redis_url,
-                socket_timeout=5,
-                socket_connect_timeout=5,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
                 health_check_interval=30,
+                retry=redis_retry(),
             )
         return self._redis
 

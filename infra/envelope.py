@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from infra.errors import ApiError
+from infra.errors import RETRY_AFTER_S, ApiError
 
 API_VERSION = "1.0"
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -60,7 +60,10 @@ def error_body(request_id: str, code: str, message: str, details: dict[str, Any]
 
 def error_response(conn: HTTPConnection, exc: ApiError) -> Response:
     body = error_body(current_request_id(conn), exc.code, exc.message, exc.details)
-    return Response(body, exc.status, headers=exc.headers, media_type="application/json")
+    headers = exc.headers
+    if exc.status == 503 and "Retry-After" not in headers:  # every 503 says when to retry
+        headers = {**headers, "Retry-After": str(RETRY_AFTER_S)}
+    return Response(body, exc.status, headers=headers, media_type="application/json")
 
 
 def no_content() -> Response:

@@ -31,9 +31,14 @@ STATUS: dict[str, int] = {
     "QUOTA_EXCEEDED": 413,
     "RATE_LIMIT_EXCEEDED": 429,
     "INTERNAL_ERROR": 500,
-    "S3_ERROR": 500,
+    # A backend that refused or did not answer within BACKEND_TIMEOUT_S: try again later.
+    "DATABASE_ERROR": 503,
+    "S3_ERROR": 503,
     "SERVICE_UNAVAILABLE": 503,
 }
+
+# What a 503 tells the client to wait before it tries again.
+RETRY_AFTER_S = 5
 
 # When several errors apply, the first of these wins (docs/CONTRACT.md §3).
 PRECEDENCE = (413, 401, 429, 403, 400, 404, 409)
@@ -61,6 +66,24 @@ class ApiError(Exception):
         self.message = message
         self.details = details or {}
         self.headers = headers or {}
+
+
+UNAVAILABLE = {
+    "DATABASE_ERROR": "The database is unavailable; try again.",
+    "S3_ERROR": "The blob store did not answer; try again.",
+    "SERVICE_UNAVAILABLE": "The service is briefly unavailable; try again.",
+}
+
+
+class Unavailable(ApiError):
+    """A backend refused or did not answer in time: `503` with the backend's code
+    (DATABASE_ERROR, S3_ERROR, or SERVICE_UNAVAILABLE for Redis) and a Retry-After.
+    `backend` names it for logs and /ready; the message never holds a backend's own
+    error text (it may name hosts)."""
+
+    def __init__(self, code: str, backend: str) -> None:
+        super().__init__(code, UNAVAILABLE[code], headers={"Retry-After": str(RETRY_AFTER_S)})
+        self.backend = backend
 
 
 def validation(field: str, problem: str) -> ApiError:

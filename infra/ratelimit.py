@@ -65,8 +65,12 @@ class RateLimiter:
             import redis.asyncio as aioredis  # production dependency, lazily
 
             # Our own pool: short timeouts (a down store answers fast) and closed at stop.
+            timeout = min(2.0, settings.backend_timeout_s)
             self._pool = aioredis.ConnectionPool.from_url(
-                settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=redis_retry(),
             )
             self._storage = storage_from_string(
                 "async+" + settings.redis_url,
@@ -114,6 +118,17 @@ class RateLimiter:
     async def ping(self) -> None:
         if not await self._strategy.storage.check():
             raise LimitStoreDown("ping")
+
+
+def redis_retry() -> Any:
+    """redis-py retries a failed command three times with backoff by default: a hung
+    Redis would hold a call four times BACKEND_TIMEOUT_S. Once, at once, and only for a
+    dropped connection (a stale pooled one after a restart), never after a timeout."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 def fail_closed() -> ApiError:

@@ -14,14 +14,21 @@ socket app may
 
 Everything else (handshake, close, ping/pong, size limits, backpressure) is uvicorn's.
 An app that ignores the extension gets plain ASGI.
+
+`HeaderTimeoutHttp` is uvicorn's httptools protocol with one addition: a connection
+whose request headers are not complete within HEADER_TIMEOUT_S is closed (uvicorn has
+no such timeout: half-sent requests, upgrades included, would hold a descriptor each
+for as long as the peer likes).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Opcode
 from websockets.protocol import State
@@ -35,6 +42,44 @@ except ImportError:  # a build without the C extension
 
 DIRECT = "homepocket.direct"
 OPCODE_TEXT = int(Opcode.TEXT)
+HEADER_TIMEOUT_S = 10.0
+
+
+class HeaderTimeoutHttp(HttpToolsProtocol):
+    """Each request's headers (an upgrade's too) must be complete within
+    HEADER_TIMEOUT_S of the connection opening or of the request's first byte."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_late)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 def frame_limit(max_op_bytes: int) -> int:
@@ -173,6 +218,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
+        "http": HeaderTimeoutHttp,
         "ws": DirectWebSocket,
         "ws_per_message_deflate": False,  # ciphertext does not compress
         # The relay's heartbeat (docs/CONTRACT.md §4): ASGI apps cannot send ping frames, so uvicorn

@@ -79,6 +79,9 @@ class Settings:
     token_max_lifetime_s: int = 24 * 3600
     heartbeat_interval_s: float = 30.0
     heartbeat_timeout_s: float = 60.0
+    # How long any one call to a backend (connecting, taking a pooled connection, each
+    # command, S3 retries included) may take before the request fails with a 503.
+    backend_timeout_s: float = 5.0
     max_body_bytes: int = 128 * 1024
     max_relay_send_bytes: int = 3 * MIB // 2
     audit_retention_s: int = 90 * 24 * 3600
@@ -224,6 +227,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     integer("AUDIT_RETENTION_S", "audit_retention_s", 1)
     number("HEARTBEAT_INTERVAL_S", "heartbeat_interval_s")
     number("HEARTBEAT_TIMEOUT_S", "heartbeat_timeout_s")
+    number("BACKEND_TIMEOUT_S", "backend_timeout_s")
     limits: dict[str, RateLimitItem | None] = {}
     for name, default in RATE_LIMIT_DEFAULTS.items():
         raw = text(name) or default

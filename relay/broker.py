@@ -223,7 +223,9 @@ def open_broker(settings: Settings, redis: Callable[[], Any], clock: Clock) -> B
     if settings.redis_url:
         from relay.redis_broker import RedisBroker  # production dependency, lazily
 
-        return RedisBroker(redis, settings.redis_url, limits, clock)
+        return RedisBroker(
+            redis, settings.redis_url, limits, clock, timeout_s=settings.backend_timeout_s
+        )
     from relay.embedded import EmbeddedBroker
 
     return EmbeddedBroker(settings.data_dir, limits, clock)

@@ -53,7 +53,7 @@ from relay.redis_scripts import (
     TRIM_THROUGH,
 )
 from relay.redis_sub import Subscriber
-from relay.resp import Arg, CommandConnection, ReplyError, pack
+from relay.resp import TIMEOUT_S, Arg, CommandConnection, ReplyError, pack
 
 log = logging.getLogger("homepocket.relay")
 
@@ -108,7 +108,12 @@ def channel(book_ref: str) -> str:
 
 class RedisBroker:
     def __init__(
-        self, redis: Callable[[], Any], url: str, limits: BacklogLimits, clock: Clock
+        self,
+        redis: Callable[[], Any],
+        url: str,
+        limits: BacklogLimits,
+        clock: Clock,
+        timeout_s: float = TIMEOUT_S,
     ) -> None:
         self.instance = secrets.token_hex(8)
         self._url = url
@@ -129,7 +134,10 @@ class RedisBroker:
         self._sha: dict[str, str] = {}
         # Each new connection loads the append script before anything else: no batch
         # meets a NOSCRIPT after a Redis restart.
-        self._cmd = CommandConnection(url, (pack(b"SCRIPT", b"LOAD", APPEND_BATCH),))
+        self._timeout_s = timeout_s
+        self._cmd = CommandConnection(
+            url, (pack(b"SCRIPT", b"LOAD", APPEND_BATCH),), timeout_s=timeout_s
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._origin_prefix = self.instance + "."  # our sockets' connection ids
         self._unreceived: dict[str, int] = {}  # book_ref -> bytes of our ops on the bus
@@ -144,13 +152,17 @@ class RedisBroker:
         self._flush_soon = False
         self._in_flight = 0  # batches sent, not yet answered
         self._sweep_cursor = "0"
+        self._mine: dict[str, dict[str, float]] = {}  # book -> our socket records, scores
+        self._unrecorded: set[tuple[str, str]] = set()  # closed, record not yet removed
+        self._last_beat: float | None = None  # monotonic time of the last beat that worked
+        self._steady_since = 0.0  # start of the current unbroken run of beats
 
     # Lifecycle.
     async def start(self, sink: Sink) -> None:
         self._sink = sink
         self._r = self._redis_factory()
         await self._load()
-        self._sub = Subscriber(self._url, self._on_message, self._on_lost)
+        self._sub = Subscriber(self._url, self._on_message, self._on_lost, self._timeout_s)
         await self._sub.start()
         await self._beat()
         self._tasks.append(asyncio.ensure_future(self._beat_forever()))
@@ -419,7 +431,10 @@ class RedisBroker:
                 return
         self._in_flight -= 1
         if self._in_flight < BATCHES_IN_FLIGHT:
-            self._flush()  # what gathered meanwhile
+            # What gathered meanwhile goes out first, so Redis works on it while these
+            # answers are handed out. (A send never answers at once, so a socket's
+            # answers still keep the order of its ops.)
+            self._flush()
         failed = isinstance(reply, Exception)
         for (book_ref, op, _, done, held), at in zip(sent.entries, sent.where, strict=True):
             result: Appended | Exception
@@ -480,36 +495,48 @@ class RedisBroker:
             doomed.append(key)
         await self._r.delete(*doomed)
 
-    # Sockets and presence.
+    # Sockets and presence. Each socket is recorded in its book's sorted set, and
+    # remembered here too, so that an instance that finds its records gone (reaped by a
+    # peer while Redis stalled or it was cut off, or lost with Redis's data) writes them
+    # again on its next beat.
     async def _alive(self, instances: set[str]) -> set[str]:
+        """Instances not reaped: a live instance is never counted out just because its
+        heartbeat key lapsed during a stall of Redis itself."""
         if not instances:
             return set()
         names = sorted(instances)
-        flags = await self._r.mget([PREFIX + "alive:" + i for i in names])
-        return {i for i, flag in zip(names, flags, strict=True) if flag is not None}
+        scores = await self._r.zmscore(INSTANCES, names)
+        return {i for i, score in zip(names, scores, strict=True) if score is not None}
 
     async def _sockets(self, book_ref: str) -> list[tuple[str, str]]:
-        """(device_id, conn_id) of live instances, oldest first; dead ones cleared."""
+        """(device_id, conn_id) of live instances, oldest first. (A dead instance's
+        records are removed by whoever reaps it, never here.)"""
         members = [m.decode() for m in await self._r.zrange(_k(book_ref, "s"), 0, -1)]
         pairs = [tuple(m.split("|", 1)) for m in members]
         alive = await self._alive({conn.split(".", 1)[0] for _, conn in pairs})
-        dead = [
-            m
-            for m, (_, conn) in zip(members, pairs, strict=True)
-            if conn.split(".", 1)[0] not in alive
-        ]
-        if dead:
-            await self._r.zrem(_k(book_ref, "s"), *dead)
         return [(d, c) for d, c in pairs if c.split(".", 1)[0] in alive]
 
     async def socket_opened(
         self, book_ref: str, device_id: str, conn_id: str, now: int
     ) -> list[str]:
-        await self._r.zadd(_k(book_ref, "s"), {f"{device_id}|{conn_id}": time.time()})
+        member = f"{device_id}|{conn_id}"
+        score = time.time()
+        self._mine.setdefault(book_ref, {})[member] = score
+        await self._r.zadd(_k(book_ref, "s"), {member: score})
         return [c for d, c in await self._sockets(book_ref) if d == device_id]
 
     async def socket_closed(self, book_ref: str, device_id: str, conn_id: str) -> bool:
-        await self._r.zrem(_k(book_ref, "s"), f"{device_id}|{conn_id}")
+        member = f"{device_id}|{conn_id}"
+        mine = self._mine.get(book_ref)
+        if mine is not None:
+            mine.pop(member, None)
+            if not mine:
+                del self._mine[book_ref]
+        try:
+            await self._r.zrem(_k(book_ref, "s"), member)
+        except Exception:
+            self._unrecorded.add((book_ref, member))  # the next beat removes it
+            raise
         return any(d == device_id for d, _ in await self._sockets(book_ref))
 
     async def online(self, book_ref: str) -> set[str]:
@@ -528,16 +555,59 @@ class RedisBroker:
 
     # Liveness: our heartbeat, and the sockets of instances that died without goodbye.
     async def _beat(self) -> None:
+        began = time.monotonic()
         now = time.time()
         pipe = self._r.pipeline(transaction=False)
-        pipe.set(PREFIX + "alive:" + self.instance, b"1", ex=ALIVE_TTL_S)
+        pipe.set(PREFIX + "alive:" + self.instance, b"1", ex=ALIVE_TTL_S, get=True)
         pipe.zadd(INSTANCES, {self.instance: now})
         pipe.zrangebyscore(INSTANCES, 0, now - ALIVE_TTL_S)
-        _, _, dead = await pipe.execute()
-        for instance in dead:
-            await self._reap(instance.decode())
+        pipe.exists(PREFIX + "books:" + self.instance)
+        was_alive, _, dead, recorded = await pipe.execute()
+        # Reaping needs an unbroken run of our own beats as long as the TTL: after a
+        # stall of Redis (or of this process) every peer looks silent, yet none is dead.
+        last, self._last_beat = self._last_beat, time.monotonic()
+        if was_alive is None or last is None or began - last > BEAT_S + self._timeout_s:
+            self._steady_since = began
+        if self._mine and not recorded:
+            await self._record_again()
+        if self._unrecorded:
+            await self._forget_closed()
         # A slice of the sizes set checked against the books (keys that expired).
-        self._sweep_cursor = (await self._script("sweep", [*TOTALS], [self._sweep_cursor])).decode()
+        swept = await self._script("sweep", [*TOTALS], [self._sweep_cursor])
+        self._sweep_cursor = swept.decode() if isinstance(swept, bytes) else str(swept)
+        if time.monotonic() - self._steady_since < ALIVE_TTL_S:
+            return
+        for instance in dead:
+            name = instance.decode()
+            if name != self.instance:
+                await self._reap(name)
+
+    async def _record_again(self) -> None:
+        """Our records were reaped or lost while our sockets stayed open: write them
+        again, and tell each book's peers that those devices are online."""
+        log.warning("relay socket records were missing; recording them again")
+        await self._r.delete(PREFIX + "reap:" + self.instance)  # reapable again if it dies
+        for book_ref, members in list(self._mine.items()):
+            if not members:
+                continue
+            await self._r.zadd(_k(book_ref, "s"), dict(members))
+            await self._r.sadd(PREFIX + "books:" + self.instance, book_ref)
+            for device in sorted({m.split("|", 1)[0] for m in members}):
+                line = orjson.dumps({"type": "presence", "device_id": device, "status": "online"})
+                await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
+        for book_ref in list(self._listening):
+            await self._r.sadd(PREFIX + "books:" + self.instance, book_ref)
+
+    async def _forget_closed(self) -> None:
+        """Records of sockets that closed while Redis did not answer: removed now, and
+        their devices announced offline where no other socket of theirs is open."""
+        for book_ref, member in list(self._unrecorded):
+            await self._r.zrem(_k(book_ref, "s"), member)
+            self._unrecorded.discard((book_ref, member))
+            device = member.split("|", 1)[0]
+            if all(d != device for d, _ in await self._sockets(book_ref)):
+                line = orjson.dumps({"type": "presence", "device_id": device, "status": "offline"})
+                await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
 
     async def _beat_forever(self) -> None:
         await every(

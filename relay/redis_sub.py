@@ -3,7 +3,9 @@
 
 SUBSCRIBE waits for Redis's confirmation (so a reader that starts after it cannot miss
 an op), and a dropped connection is reported, then re-made with backoff and every
-channel resubscribed. Never logs what it carries.
+channel resubscribed. A new connection counts as made only once Redis answered a PING
+on it: a bare TCP connect (a stalled Redis, a proxy in front of a dead one) does not
+reset the backoff. Never logs what it carries.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from relay.resp import RespProtocol, connect, pack
+from relay.resp import TIMEOUT_S, RespProtocol, connect, pack
 
 log = logging.getLogger("homepocket.relay")
-CONFIRM_TIMEOUT_S = 5.0
+FIRST_DELAY_S = 0.1
+MAX_DELAY_S = 5.0
+PING = pack(b"PING")
 
 
 class Subscriber:
@@ -26,8 +30,10 @@ class Subscriber:
         url: str,
         on_message: Callable[[bytes, bytes], None],
         on_lost: Callable[[], None],
+        timeout_s: float = TIMEOUT_S,
     ) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         self.on_message = on_message
         self.on_lost = on_lost
         self.channels: set[bytes] = set()
@@ -52,7 +58,10 @@ class Subscriber:
 
     async def _connect(self) -> None:
         self._dropped.clear()
-        proto = await connect(self.url, False, self._on_reply, self._dropped.set)  # no dbs
+        # (no SELECT: pub/sub ignores databases; PING: Redis really answers)
+        proto = await connect(
+            self.url, False, self._on_reply, self._dropped.set, (PING,), self.timeout_s
+        )
         self._proto = proto
         if self.channels:
             proto.write(pack(b"SUBSCRIBE", *sorted(self.channels)))
@@ -63,10 +72,19 @@ class Subscriber:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(chan, []).append(future)
         self.channels.add(chan)
-        await asyncio.wait_for(self._connected.wait(), CONFIRM_TIMEOUT_S)
-        assert self._proto is not None
-        self._proto.write(pack(b"SUBSCRIBE", chan))
-        await asyncio.wait_for(future, CONFIRM_TIMEOUT_S)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._connected.wait()
+                assert self._proto is not None
+                self._proto.write(pack(b"SUBSCRIBE", chan))
+                await future
+        except BaseException:
+            futures = self._waiting.get(chan)
+            if futures is not None and future in futures:
+                futures.remove(future)
+                if not futures:
+                    del self._waiting[chan]
+            raise
 
     async def unsubscribe(self, chan: bytes) -> None:
         self.channels.discard(chan)
@@ -74,24 +92,38 @@ class Subscriber:
             self._proto.write(pack(b"UNSUBSCRIBE", chan))
 
     async def _run(self) -> None:
-        delay = 0.1
         while True:
             await self._dropped.wait()
             log.warning("relay subscriber connection lost")
             self._connected.clear()
             self._proto = None
             self.on_lost()
-            while True:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                try:
-                    await self._connect()
-                    delay = 0.1
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.warning("relay subscriber reconnect failed; retrying")
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        """Back off (doubling, up to MAX_DELAY_S) until a connection answers. One
+        warning for the outage, not one per attempt."""
+        delay = FIRST_DELAY_S
+        attempts = 0
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY_S)
+            attempts += 1
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                level = logging.WARNING if attempts == 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "relay subscriber reconnect failed; retrying with backoff",
+                    extra={"error_type": type(exc).__name__, "attempts": attempts},
+                )
+                continue
+            if attempts > 1:
+                log.info("relay subscriber reconnected", extra={"attempts": attempts})
+            return
 
     def _on_reply(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 3:

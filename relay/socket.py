@@ -90,7 +90,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from infra.context import Infra, count_call, record_refusal
-from infra.errors import ApiError, invalid_token
+from infra.errors import ApiError, Unavailable, invalid_token
 from infra.metrics import RELAY_SYNC_GAPS
 from infra.serving import DIRECT, frame_limit
 from infra.validate import BOOK_ID
@@ -147,7 +147,13 @@ class RelaySocket:
         offered = list(scope.get("subprotocols") or [])
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
         try:
-            device_id, book_ref, exp, since, epoch = await self._admit(ws, offered)
+            try:
+                device_id, book_ref, exp, since, epoch = await self._admit(ws, offered)
+            except Refused:
+                raise
+            except Exception as exc:  # a backend refused or did not answer in time
+                log.warning("relay handshake failed", extra={"error_type": type(exc).__name__})
+                raise Refused(*UNAVAILABLE) from None
         except Refused as refused:
             await ws.accept(subprotocol)
             await ws.close(refused.code, refused.reason)
@@ -175,6 +181,8 @@ class RelaySocket:
             await self._refuse(ws, invalid_token("invalid"), TOKEN_EXPIRED)
         try:
             caller = await infra.auth.authenticate(authorization)
+        except Unavailable:
+            raise
         except ApiError as exc:
             await self._refuse(ws, exc, TOKEN_EXPIRED)
         if not await self._refunded(caller.device_id):
@@ -386,7 +394,11 @@ class RelaySocket:
                     raise ApiError("VALIDATION_ERROR", "since: must be a whole number")
                 if epoch is not None and not isinstance(epoch, str):
                     raise ApiError("VALIDATION_ERROR", "epoch: must be a string")
-                await self._replay(conn, since, epoch)
+                try:
+                    await self._replay(conn, since, epoch)
+                except Exception as exc:  # the broker failed: the client resumes later
+                    log.warning("relay replay failed", extra={"error_type": type(exc).__name__})
+                    conn.close(*UNAVAILABLE)
             elif kind == "auth":
                 await self._reauth(msg, conn)
             elif kind == "ping":
@@ -475,7 +487,13 @@ class RelaySocket:
         try:
             if not isinstance(token, str):
                 raise ApiError("INVALID_TOKEN", "token missing")
-            caller = await self.infra.auth.authenticate("Bearer " + token)
+            try:
+                caller = await self.infra.auth.authenticate("Bearer " + token)
+            except Unavailable as exc:  # the old token stays good; the client tries again
+                conn.push_control(
+                    dumps({"type": "error", "code": exc.code, "message": exc.message})
+                )
+                return
             book_id = caller.claims.book_id
             if caller.device_id != conn.device_id or not book_id or not BOOK_ID.fullmatch(book_id):
                 raise ApiError("INVALID_TOKEN", "another device or book")

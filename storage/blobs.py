@@ -16,7 +16,7 @@ from infra.settings import Settings
 
 
 class BlobStoreError(Exception):
-    """The store refused or did not answer; callers answer `500 S3_ERROR`."""
+    """The store refused or did not answer; callers answer `503 S3_ERROR`."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,12 @@ def open_blob_store(settings: Settings, clock: Clock) -> BlobStore:
     if settings.s3_bucket:
         from storage.s3 import S3BlobStore
 
-        return S3BlobStore(settings.s3_bucket, settings.s3_endpoint_url, settings.aws_region)
+        return S3BlobStore(
+            settings.s3_bucket,
+            settings.s3_endpoint_url,
+            settings.aws_region,
+            timeout_s=settings.backend_timeout_s,
+        )
     from storage.local import LocalBlobStore
 
     return LocalBlobStore(settings, clock)

@@ -4,7 +4,7 @@ Domain code: no HTTP here. The server keeps per photo only `photo_id`, `book_ref
 `size_bytes`, a status and times; never the bytes, a transaction id or a mime type.
 Object keys are `photos/{book_ref}/{photo_id}`. Quota, the object check, erasure and the
 sweeper are shared with snapshots (storage.uploads). Errors are `ApiError` with the
-contract's codes; any blob-store failure is `500 S3_ERROR` with nothing half-recorded.
+contract's codes; any blob-store failure is `503 S3_ERROR` with nothing half-recorded.
 """
 
 from __future__ import annotations

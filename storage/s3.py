@@ -8,6 +8,7 @@ Never reads an object's body.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 from typing import Any
@@ -24,8 +25,12 @@ _DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 class S3BlobStore:
     name = "s3"
 
-    def __init__(self, bucket: str, endpoint_url: str | None, region: str | None) -> None:
+    def __init__(
+        self, bucket: str, endpoint_url: str | None, region: str | None, timeout_s: float = 5.0
+    ) -> None:
         self.bucket = bucket
+        # BACKEND_TIMEOUT_S: each call, botocore's own retries included, ends within it.
+        self.timeout_s = timeout_s
         self.endpoint_url = endpoint_url
         self.region = region
         self._stack = contextlib.AsyncExitStack()
@@ -37,8 +42,9 @@ class S3BlobStore:
 
         config = Config(
             signature_version="s3v4",  # SigV4 signs Content-Length; SigV2 would not
-            connect_timeout=5,
-            read_timeout=15,
+            connect_timeout=self.timeout_s,
+            read_timeout=self.timeout_s,
+            # Retries help with a quick 5xx; the whole call is still bounded (_errors).
             retries={"max_attempts": 3, "mode": "standard"},
             # Custom endpoints (moto, MinIO) rarely resolve virtual-host bucket names.
             s3={"addressing_style": "path" if self.endpoint_url else "auto"},
@@ -71,7 +77,7 @@ class S3BlobStore:
             "ContentLength": size_bytes,
             "Tagging": PENDING_TAG,
         }
-        async with _errors():
+        async with _errors(self.timeout_s):
             url = await self._s3().generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=expires_s
             )
@@ -79,7 +85,7 @@ class S3BlobStore:
         return SignedPut(str(url), headers)
 
     async def presign_get(self, key: str, expires_s: int) -> str:
-        async with _errors():
+        async with _errors(self.timeout_s):
             url = await self._s3().generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
             )
@@ -89,7 +95,7 @@ class S3BlobStore:
         from botocore.exceptions import ClientError
 
         try:
-            async with _errors():
+            async with _errors(self.timeout_s):
                 answer = await self._s3().head_object(Bucket=self.bucket, Key=key)
         except BlobStoreError as exc:
             cause = exc.__cause__
@@ -102,7 +108,7 @@ class S3BlobStore:
         from botocore.exceptions import ClientError
 
         try:
-            async with _errors():
+            async with _errors(self.timeout_s):
                 await self._s3().delete_object_tagging(Bucket=self.bucket, Key=key)
         except BlobStoreError as exc:
             # Some S3-compatible services have no object tags: then only the sweeper
@@ -112,13 +118,13 @@ class S3BlobStore:
                 raise
 
     async def delete(self, key: str) -> None:
-        async with _errors():
+        async with _errors(self.timeout_s):
             await self._s3().delete_object(Bucket=self.bucket, Key=key)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = [{"Key": k} for k in keys[start : start + _DELETE_BATCH]]
-            async with _errors():
+            async with _errors(self.timeout_s):
                 answer = await self._s3().delete_objects(
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
@@ -127,14 +133,14 @@ class S3BlobStore:
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        async with _errors():
+        async with _errors(self.timeout_s):
             paginator = self._s3().get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 keys.extend(o["Key"] for o in page.get("Contents", []))
         return keys
 
     async def ping(self) -> None:
-        async with _errors():
+        async with _errors(self.timeout_s):
             await self._s3().head_bucket(Bucket=self.bucket)
 
 
@@ -143,12 +149,16 @@ def _code(exc: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _errors() -> Any:
-    """Every botocore failure becomes BlobStoreError naming only the error code."""
+async def _errors(timeout_s: float) -> Any:
+    """Every botocore failure becomes BlobStoreError naming only the error code; so
+    does a call (with its retries) that took longer than `timeout_s`."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        yield
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as exc:
+        raise BlobStoreError("Timeout") from exc
     except ClientError as exc:
         raise BlobStoreError(_code(exc) or "ClientError") from exc
     except BotoCoreError as exc:

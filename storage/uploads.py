@@ -4,7 +4,7 @@ or erased objects, and the ones the store refused, retried by the sweeper).
 
 Domain code: no HTTP here. Both kinds keep rows with `book_ref`, `size_bytes`, a status
 and times, and objects under `{kind}/{book_ref}/{id}`; never a raw id, never the bytes.
-Any blob-store failure is `500 S3_ERROR` with nothing half-recorded.
+Any blob-store failure is `503 S3_ERROR` with nothing half-recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from infra.clock import Clock
 from infra.db import Database, Queries
-from infra.errors import ApiError
+from infra.errors import ApiError, Unavailable
 from storage.blobs import BlobStore, BlobStoreError, SignedPut
 
 log = logging.getLogger("homepocket.storage")
@@ -85,7 +85,7 @@ def new_id() -> str:
 
 
 def s3_error() -> ApiError:
-    return ApiError("S3_ERROR", "The blob store did not answer; try again.")
+    return Unavailable("S3_ERROR", "s3")
 
 
 class Uploads:

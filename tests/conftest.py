@@ -3,6 +3,7 @@ backends (PostgreSQL, Redis, moto's S3 server), all real servers on loopback."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,12 +16,51 @@ from infra.settings import Settings
 from tests.support.services import (
     ID_HASH_KEY,
     InProcessServer,
+    ServerProcess,
     moto_s3,
     postgres_database,
     redis_server,
+    unhandled_errors,
 )
 
 BACKENDS = ["embedded", "production"]
+
+
+class _Unhandled(logging.Handler):
+    """Keeps what the event loop's exception handler and uvicorn's last resort log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "asyncio" or "Exception in ASGI application" in record.getMessage():
+            self.seen.append(f"{record.name}: {record.getMessage()}")
+
+
+@pytest.fixture(autouse=True)
+def no_unhandled_exceptions(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No exception reaches the event loop's handler or uvicorn's "Exception in ASGI
+    application", in this process's servers or in the `serve` processes a test starts."""
+    if request.node.get_closest_marker("toy_app_errors"):
+        yield
+        return
+    catcher = _Unhandled()
+    loggers = [logging.getLogger(name) for name in ("asyncio", "uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(catcher)
+    ServerProcess.started.clear()
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(catcher)
+    found = list(catcher.seen)
+    for proc in ServerProcess.started:
+        if proc.log_path.exists():
+            found += unhandled_errors(proc.log())
+    ServerProcess.started.clear()
+    assert not found, "unhandled exceptions were logged:\n" + "\n".join(found[:20])
 
 
 @pytest.fixture(scope="session")

@@ -302,7 +302,7 @@ async def test_a_lost_connection_fails_the_batch_then_recovers(
     broker, _ = await make_broker()
     b = book()
     await in_one_turn(broker, [(b, new_op(broker, "d", "one", 1))])
-    proto = broker._cmd._proto
+    proto = broker._cmd.connected
     assert proto is not None and proto.transport is not None
     host, port = proto.transport.get_extra_info("sockname")[:2]
     r = aioredis.from_url(redis_url)

@@ -44,12 +44,14 @@ class Database(Queries, Protocol):
         ...
 
 
-async def open_database(url: str | None, data_dir: Path) -> Database:
-    """PostgreSQL for a postgresql:// URL, else SQLite (in the data dir by default)."""
+async def open_database(url: str | None, data_dir: Path, timeout_s: float = 5.0) -> Database:
+    """PostgreSQL for a postgresql:// URL, else SQLite (in the data dir by default).
+    `timeout_s` (BACKEND_TIMEOUT_S) bounds each call; one that fails for the database
+    raises `infra.errors.Unavailable` with DATABASE_ERROR."""
     if url and urlsplit(url).scheme in ("postgresql", "postgres"):
         from infra.db.postgres import PostgresDatabase  # production dependency, lazily
 
-        return await PostgresDatabase.connect(url)
+        return await PostgresDatabase.connect(url, timeout_s)
     from infra.db.sqlite import SqliteDatabase
 
     if url:  # sqlite:///path/to/file.db
@@ -57,7 +59,7 @@ async def open_database(url: str | None, data_dir: Path) -> Database:
     else:
         data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
         path = data_dir / "homepocket.sqlite3"
-    return await SqliteDatabase.connect(path)
+    return await SqliteDatabase.connect(path, timeout_s)
 
 
 def load_migrations(dialect: str) -> list[tuple[int, str]]:

@@ -1,4 +1,7 @@
-"""SQLite backend (embedded default): one connection, statements serialised by a lock."""
+"""SQLite backend (embedded default): one connection, statements serialised by a lock.
+
+A call that waits longer than `timeout_s` (BACKEND_TIMEOUT_S) for the lock fails with
+`Unavailable("DATABASE_ERROR")`, as PostgreSQL's do."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 import aiosqlite
 
 from infra.db import Queries, Row, load_migrations
+from infra.errors import Unavailable
 
 _PARAM = re.compile(r"\$(\d+)")
 
@@ -54,30 +58,43 @@ class _Conn:
 class SqliteDatabase:
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, timeout_s: float = 5.0) -> None:
         self._conn = conn
         self._q = _Conn(conn)
         self._lock = asyncio.Lock()
+        self._timeout_s = timeout_s
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise Unavailable("DATABASE_ERROR", "database") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @classmethod
-    async def connect(cls, path: Path) -> SqliteDatabase:
+    async def connect(cls, path: Path, timeout_s: float = 5.0) -> SqliteDatabase:
         conn = await aiosqlite.connect(str(path), isolation_level=None)  # we BEGIN ourselves
         conn.row_factory = sqlite3.Row
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA busy_timeout=5000")
         await conn.execute("PRAGMA foreign_keys=ON")
-        return cls(conn)
+        return cls(conn, timeout_s)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self._lock:
+        async with self._locked():
             return await self._q.fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self._lock:
+        async with self._locked():
             return await self._q.fetchrow(sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> int:
-        async with self._lock:
+        async with self._locked():
             return await self._q.execute(sql, *args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -86,7 +103,7 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Queries]:
-        async with self._lock:
+        async with self._locked():
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._q

@@ -141,7 +141,7 @@ async def test_refused_deletes_are_retried_by_the_sweeper(
 
         # Deleting one photo: the store refuses, the client is told, nothing changed.
         refused = await client.delete(f"/api/v1/photos/{photo_id}", headers=device.auth())
-        assert refused.status_code == 500 and code(refused) == "S3_ERROR"
+        assert refused.status_code == 503 and code(refused) == "S3_ERROR"
         assert (
             await client.get(f"/api/v1/photos/{photo_id}", headers=device.auth())
         ).status_code == 200
@@ -195,9 +195,9 @@ async def test_s3_down_is_s3_error_with_nothing_half_recorded(
 
             s3_server.close()  # the S3 server goes away
             done = await complete(client, device, pending["photo_id"])
-            assert done.status_code == 500 and code(done) == "S3_ERROR"
+            assert done.status_code == 503 and code(done) == "S3_ERROR"
             deleted = await client.delete(f"/api/v1/photos/{photo_id}", headers=device.auth())
-            assert deleted.status_code == 500 and code(deleted) == "S3_ERROR"
+            assert deleted.status_code == 503 and code(deleted) == "S3_ERROR"
             ready = await client.get("/ready")
             assert ready.status_code == 503
             assert ready.json()["error"]["details"] == {"backend": "s3"}

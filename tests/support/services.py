@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 
@@ -175,8 +175,20 @@ class InProcessServer:
             await asyncio.wait_for(self._task, 15)
 
 
+# What only an exception nobody handled prints: the event loop's handler (logger
+# "asyncio": "Task exception was never retrieved", "Fatal error on transport", ...) and
+# uvicorn's last resort. A test fails when one of its servers logged any of them.
+UNHANDLED = ('"logger":"asyncio"', "Exception in ASGI application", "never retrieved")
+
+
+def unhandled_errors(log_text: str) -> list[str]:
+    return [line for line in log_text.splitlines() if any(mark in line for mark in UNHANDLED)]
+
+
 class ServerProcess:
     """`homepocket-relay serve` as a real process."""
+
+    started: ClassVar[list[ServerProcess]] = []  # since the current test began
 
     def __init__(self, env: dict[str, str], data_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -194,6 +206,7 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
+        ServerProcess.started.append(self)
         exe = Path(sys.executable).parent / "homepocket-relay"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor

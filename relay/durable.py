@@ -51,6 +51,7 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # Over the total bound, books are trimmed this much further below it, so the search
 # for the biggest books runs once per this many bytes of appends, not on every one.
 TOTAL_SLACK_SHARE = 64
+DELETE_SLICE = 10_000  # chunk ids per DELETE (SQLite bounds a statement's parameters)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,10 +94,15 @@ class BookState:
     cum: int = 0  # bytes of every op of this epoch
     trimmed: int = 0  # bytes of the ops trimmed away
     oldest_at: int = 0  # relay time of the oldest retained op's chunk (0: none)
-    # Its chunks still in the file, oldest first, from `lo` on: last seq and row id.
+    # Its chunks still in the file, oldest first, from `lo` on: last seq, row id, time.
     lasts: array[int] = field(default_factory=lambda: array("q"))
     rows: array[int] = field(default_factory=lambda: array("q"))
+    ats: array[int] = field(default_factory=lambda: array("q"))
     lo: int = 0
+    # The book's byte count after each retained op, from seq `first_cum` on (8 bytes an
+    # op): trimming by count, bytes or age needs no read of the file.
+    cums: array[int] = field(default_factory=lambda: array("q"))
+    first_cum: int = 1
     # Client op ids: (device_id, client_id) -> (seq, relay time), oldest first.
     ids: OrderedDict[tuple[str, str], tuple[int, int]] = field(default_factory=OrderedDict)
 
@@ -110,25 +116,62 @@ class BookState:
     def row(self) -> tuple[str, int, int, int]:
         return (self.epoch, self.oldest, self.trimmed, self.no)
 
-    def saved(self) -> tuple[int, int, int, int, int, int]:
-        return (self.seq, self.oldest, self.cum, self.trimmed, self.oldest_at, len(self.lasts))
+    def saved(self) -> tuple[int, int, int, int, int, int, int]:
+        return (
+            self.seq,
+            self.oldest,
+            self.cum,
+            self.trimmed,
+            self.oldest_at,
+            len(self.lasts),
+            len(self.cums),
+        )
 
-    def restore(self, saved: tuple[int, int, int, int, int, int]) -> None:
-        self.seq, self.oldest, self.cum, self.trimmed, self.oldest_at, chunks = saved
+    def restore(self, saved: tuple[int, int, int, int, int, int, int]) -> None:
+        self.seq, self.oldest, self.cum, self.trimmed, self.oldest_at, chunks, ops = saved
         del self.lasts[chunks:]
         del self.rows[chunks:]
+        del self.ats[chunks:]
+        del self.cums[ops:]
 
     def chunk_index(self, seq: int) -> int:
         """Where in `lasts` the chunk holding `seq` is (len(lasts) when none)."""
         return bisect.bisect_left(self.lasts, seq, self.lo)
 
-    def forget_chunks(self, upto: int) -> None:
-        """The chunks before index `upto` are gone from the file."""
-        self.lo = upto
+    def before(self, seq: int) -> int:
+        """The book's byte count before op `seq` (`seq` from `oldest` to `seq + 1`)."""
+        if seq <= self.oldest:
+            return self.trimmed
+        return self.cums[seq - 1 - self.first_cum]
+
+    def first_from(self, floor: int) -> int:
+        """The first op whose bytes before it are at least `floor`: keeping it and what
+        follows keeps `cum - floor` bytes or fewer (`seq + 1`: none)."""
+        if self.trimmed >= floor:
+            return self.oldest
+        at = bisect.bisect_left(self.cums, floor, max(0, self.oldest - self.first_cum))
+        return self.first_cum + at + 1
+
+    def first_younger(self, cutoff: int) -> int:
+        """The first op of the first chunk written after `cutoff` (`seq + 1`: none)."""
+        i = bisect.bisect_right(self.ats, cutoff, self.lo)
+        if i >= len(self.lasts):
+            return self.seq + 1
+        return self.oldest if i == self.lo else max(self.oldest, self.lasts[i - 1] + 1)
+
+    def forget(self, keep: int, first: int) -> None:
+        """The chunks before index `keep` are gone from the file, and the ops before
+        `first` from the backlog."""
+        self.lo = keep
         if self.lo > 64 and self.lo * 2 > len(self.lasts):  # shrink now and then
             del self.lasts[: self.lo]
             del self.rows[: self.lo]
+            del self.ats[: self.lo]
             self.lo = 0
+        drop = first - 1 - self.first_cum  # keep the cum of the op before `first`
+        if drop > 64 and drop * 2 > len(self.cums):
+            del self.cums[:drop]
+            self.first_cum += drop
 
 
 class StoreError(Exception):
@@ -153,6 +196,8 @@ class DurableBacklog:
         self.total = 0  # retained bytes of every book
         self._by_no: dict[int, BookState] = {}
         self._db: sqlite3.Connection | None = None
+        self._next_row = 1  # chunks' row ids are handed out here, in append order
+        self._doomed: list[int] = []  # chunks to delete with this transaction
 
     # Lifecycle.
     def open(self, now: int | None = None) -> None:
@@ -207,16 +252,27 @@ class DurableBacklog:
         ).fetchall():
             book = BookState(no, book_ref, epoch, oldest - 1, oldest, trimmed, trimmed)
             self.books[book_ref] = self._by_no[no] = book
-        # Chunks in append order: each book's last one gives its seq and byte count.
-        for row, no, last, at, cum in db.execute(
-            "SELECT id, book_no, last, at, cum FROM chunks ORDER BY id"
+        # Chunks in append order: each book's last one gives its seq and byte count, and
+        # each op's size rebuilds the book's byte counts.
+        for row, no, last, at, cum, tails in db.execute(
+            "SELECT id, book_no, last, at, cum, tails FROM chunks ORDER BY id"
         ):
             book = self._by_no[no]
+            sizes = [len(tail) for tail in tails.split("\n")]
             if not book.lasts:
                 book.oldest_at = at
+                book.first_cum = last - len(sizes) + 1
+                running = cum - sum(sizes)
+            else:
+                running = book.cums[-1]
+            for size in sizes:
+                running += size
+                book.cums.append(running)
             book.lasts.append(last)
             book.rows.append(row)
+            book.ats.append(at)
             book.seq, book.cum = last, cum
+            self._next_row = row + 1
         for book in self.books.values():
             self.total += book.bytes
         horizon = now - IDEMPOTENCY_TTL_S
@@ -270,7 +326,7 @@ class DurableBacklog:
         del self._by_no[book.no]
         self.total -= book.bytes
         with self._transaction():
-            self.db.execute("DELETE FROM chunks WHERE book_no = ?", (book.no,))
+            self._doomed.extend(book.rows[book.lo :])  # its chunks, by id (no scan)
             self.db.execute("DELETE FROM books WHERE no = ?", (book.no,))
 
     # Appends.
@@ -335,6 +391,7 @@ class DurableBacklog:
         book.seq += 1
         if self.limits.max_ops > 0:
             book.cum += size
+            book.cums.append(book.cum)
             self.total += size
         else:  # a pure relay keeps nothing
             book.oldest = book.seq + 1
@@ -351,17 +408,20 @@ class DurableBacklog:
         for (ref, _, tail), result in zip(batch, results, strict=True):
             if not result.duplicate:
                 tails.setdefault(ref, []).append(tail)
-        db = self.db
+        rows = []
         for ref, mine in tails.items():
             book = books[ref]
-            cursor = db.execute(
-                "INSERT INTO chunks (book_no, last, at, cum, tails) VALUES (?, ?, ?, ?, ?)",
-                (book.no, book.seq, now, book.cum, "\n".join(mine)),
-            )
+            row = self._next_row
+            self._next_row += 1
+            rows.append((row, book.no, book.seq, now, book.cum, "\n".join(mine)))
             if book.oldest_at == 0:
                 book.oldest_at = now
             book.lasts.append(book.seq)
-            book.rows.append(int(cursor.lastrowid or 0))
+            book.rows.append(row)
+            book.ats.append(now)
+        self.db.executemany(
+            "INSERT INTO chunks (id, book_no, last, at, cum, tails) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
 
     # Reads.
     def head(self, book_ref: str, now: int) -> Head:
@@ -412,11 +472,11 @@ class DurableBacklog:
         """The oldest ops past the book's limits of count, bytes and age go."""
         lim = self.limits
         first = max(book.oldest, book.seq - lim.max_ops + 1)  # the first op kept
-        if book.cum - self._before(book, first) > lim.max_bytes:
-            first = max(first, self._first_from(book, book.cum - lim.max_bytes))
+        if book.cum - book.before(first) > lim.max_bytes:
+            first = max(first, book.first_from(book.cum - lim.max_bytes))
         if book.oldest_at and book.oldest_at <= now - lim.max_age_s:
-            first = max(first, self._first_younger(book, now - lim.max_age_s))
-        return self._trim_before(book, first)
+            first = max(first, book.first_younger(now - lim.max_age_s))
+        return self._trim_before(book, min(first, book.seq + 1))
 
     def trim_through(self, book_ref: str, epoch: str, seq: int) -> None:
         """Ops up to `seq` go (a snapshot covers them), if `epoch` is still current."""
@@ -441,64 +501,24 @@ class DurableBacklog:
                 break
         moved = []
         for book in [b for b in self.books.values() if b.bytes > level]:
-            if self._trim_before(book, self._first_from(book, book.cum - level)):
+            if self._trim_before(book, min(book.first_from(book.cum - level), book.seq + 1)):
                 moved.append(book)
         return moved
-
-    def _chunk(self, book: BookState, i: int) -> tuple[int, int, int, list[str]]:
-        """(first seq, time, bytes before, tails) of the book's chunk at index `i`."""
-        row = self.db.execute(
-            "SELECT at, cum, tails FROM chunks WHERE id = ?", (book.rows[i],)
-        ).fetchone()
-        if row is None:
-            raise StoreError("a retained chunk is missing from the backlog")
-        at, cum, text = int(row[0]), int(row[1]), str(row[2])
-        tails = text.split("\n")
-        return book.lasts[i] - len(tails) + 1, at, cum - (len(text) - len(tails) + 1), tails
-
-    def _before(self, book: BookState, seq: int) -> int:
-        """The book's byte count before op `seq` (all of it when seq is past the last)."""
-        if seq > book.seq:
-            return book.cum
-        if seq == book.oldest:
-            return book.trimmed
-        first, _, before, tails = self._chunk(book, book.chunk_index(seq))
-        return before + sum(map(len, tails[: seq - first]))
-
-    def _first_from(self, book: BookState, floor: int) -> int:
-        """The first op whose bytes before it are at least `floor`: keeping it and what
-        follows keeps `cum - floor` bytes or fewer."""
-        for i in range(book.chunk_index(book.oldest), len(book.lasts)):
-            first, _, before, tails = self._chunk(book, i)
-            for seq, tail in enumerate(tails, first):
-                if seq >= book.oldest and before >= floor:
-                    return seq
-                before += len(tail)
-        return book.seq + 1
-
-    def _first_younger(self, book: BookState, cutoff: int) -> int:
-        """The first op of the first chunk written after `cutoff`."""
-        for i in range(book.chunk_index(book.oldest), len(book.lasts)):
-            first, at, _, _ = self._chunk(book, i)
-            if at > cutoff:
-                return max(first, book.oldest)
-        return book.seq + 1
 
     def _trim_before(self, book: BookState, first: int) -> bool:
         """Drop the ops before seq `first` (whole chunks; a chunk's older ops are only
         skipped until the rest of it goes too). True when anything went."""
         if first <= book.oldest:
             return False
-        trimmed = self._before(book, first)
+        trimmed = book.before(first)
         keep = book.chunk_index(first)  # the chunk holding `first`, kept
         if keep > book.lo:
-            gone = book.rows[book.lo : keep]
-            self.db.execute(f"DELETE FROM chunks WHERE id IN ({','.join('?' * len(gone))})", gone)
-            book.forget_chunks(keep)
+            self._doomed.extend(book.rows[book.lo : keep])  # deleted with the commit
         self.total -= trimmed - book.trimmed
         book.trimmed = trimmed
         book.oldest = first
-        book.oldest_at = self._chunk(book, keep)[1] if first <= book.seq else 0
+        book.oldest_at = book.ats[keep] if first <= book.seq else 0
+        book.forget(keep, first)
         return True
 
     # Upkeep.
@@ -520,11 +540,17 @@ class DurableBacklog:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
+        """One transaction; the chunks trimmed meanwhile are deleted in it, at once."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            doomed, self._doomed = self._doomed, []
+            for at in range(0, len(doomed), DELETE_SLICE):
+                part = doomed[at : at + DELETE_SLICE]
+                db.execute(f"DELETE FROM chunks WHERE id IN ({','.join('?' * len(part))})", part)
         except BaseException:
+            self._doomed = []
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise

@@ -6,9 +6,9 @@ Runs on the event loop's thread, one transaction per batch of appends (all appen
 a loop turn): a second thread would only add hand-offs and a contended GIL. What a
 commit writes is kept small, since SQLite writes whole pages: a book's new ops of a
 batch go in one row (a "chunk"), rows are appended in order (no index to update: each
-book's list of its chunks is kept in memory, 16 bytes a chunk), and client ids are
-appended to a log, one row per batch, and looked up in memory (they are read back from
-the log at start).
+book's list of its chunks, 24 bytes a chunk, and a running byte count per op, 8 bytes
+an op, are kept in memory, so trimming reads nothing), and client ids are appended to
+a log, one row per batch, and looked up in memory (read back from the log at start).
 
 Durability: WAL with `synchronous=OFF`. A commit is in the OS's page cache before the
 ack, which is all that a crash or `kill -9` of the process can lose; only a crash of the

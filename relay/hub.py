@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from infra.metrics import RELAY_DELIVERIES, WS_CLOSES
+from infra.metrics import RELAY_DELIVERIES, WS_CLOSES, WS_CONNECTIONS
 from relay.broker import Broker
 
 if TYPE_CHECKING:  # annotations only
@@ -417,6 +417,7 @@ class Hub:
                 await self.broker.listen(conn.book_ref)
                 self.books[conn.book_ref] = {}
             self.books[conn.book_ref][conn.conn_id] = conn
+            WS_CONNECTIONS.inc()
         ids = await self.broker.socket_opened(conn.book_ref, conn.device_id, conn.conn_id, now)
         for old in ids[:-2]:  # at most 2 sockets per device: the oldest go
             await self.broker.publish(
@@ -430,7 +431,8 @@ class Hub:
         async with self._lock:
             conns = self.books.get(conn.book_ref)
             if conns is not None:
-                conns.pop(conn.conn_id, None)
+                if conns.pop(conn.conn_id, None) is not None:
+                    WS_CONNECTIONS.dec()
                 if not conns:
                     del self.books[conn.book_ref]
                     await self.broker.unlisten(conn.book_ref)

@@ -418,3 +418,26 @@ async def test_the_relay_keeps_its_contract_under_plain_uvicorn_websockets(
         await pb.nothing()
         for p in (pa, pb):
             await p.close()
+
+
+async def test_metrics_count_open_relay_sockets_and_tasks(
+    server: InProcessServer, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async def gauge(name: str) -> float:
+        text = (await client.get("/metrics")).text
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
+        assert found, name
+        return float(found.group(1))
+
+    book_id, (a, b) = await make_book(client, settings, 2)
+    before = await gauge("homepocket_ws_connections")
+    pa = await open_peer(server.ws_url, book_id, a)
+    pb = await open_peer(server.ws_url, book_id, b)
+    assert await gauge("homepocket_ws_connections") == before + 2
+    assert await gauge("homepocket_asyncio_tasks") >= 2
+    await pa.close()
+    await pb.close()
+    deadline = time.monotonic() + 5
+    while await gauge("homepocket_ws_connections") != before:
+        assert time.monotonic() < deadline, "the gauge did not come back down"
+        await asyncio.sleep(0.05)

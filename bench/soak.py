@@ -9,16 +9,16 @@ in books of 4, for a while, with reconnect churn and a Redis stall every two min
   five to the other instance.
 - Every two minutes (the first at 60 s) redis-server is frozen (SIGSTOP) for 9 s.
 - Every 10 s, for each server: RSS (/proc/<pid>/status), open fds (/proc/<pid>/fd),
-  and its TCP sockets split into client sockets (on its port: devices, HTTP) and
-  backend sockets (to Redis and PostgreSQL). The server exposes no count of its asyncio
-  tasks (and its `homepocket_ws_connections` gauge is never set), so tasks are not
-  counted: fds and sockets stand for them.
+  its TCP sockets split into client sockets (on its port: devices, HTTP) and backend
+  sockets (to Redis and PostgreSQL), and from its /metrics the relay sockets it holds
+  (`homepocket_ws_connections`) and its asyncio tasks (`homepocket_asyncio_tasks`).
 
 At the end, with no new ops: every op acked; every acked op in GET ops at its seq with
 the payload sent; every send answered exactly once (sends on a socket closed under
 them are counted apart, and sent again); once the devices have gone, each server's
 client sockets and its fds other than backend sockets back to the baseline taken
-before the devices came; RSS flat after warm-up (the first two minutes): growth from
+before the devices came, and so are its relay sockets and asyncio tasks (within 10);
+RSS flat after warm-up (the first two minutes): growth from
 the first sample after warm-up to the last at most 10% and the least-squares slope at
 most 1 MB/min; no unhandled exception in either server's log.
 
@@ -64,6 +64,7 @@ WARMUP_S = 120.0
 STALL_EVERY_S, STALL_FIRST_S, STALL_S = 120.0, 60.0, 9.0
 SESSION_S = (30.0, 150.0)
 MOVE_P = 0.2
+TASKS_SLACK = 10  # background tasks that may come and go (pool, timers)
 
 
 @dataclass
@@ -74,6 +75,8 @@ class Sample:
     clients: int  # TCP sockets on the server's port (listening one excluded)
     backend: int  # TCP sockets to elsewhere (Redis, PostgreSQL)
     other: int  # fds that are not TCP sockets
+    ws: int  # homepocket_ws_connections (-1: not exposed)
+    tasks: int  # homepocket_asyncio_tasks (-1: not exposed)
 
 
 def tcp_sockets(pid: int) -> dict[int, tuple[int, int, str]]:
@@ -101,7 +104,23 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def sample(server: ServerProcess, t: float) -> Sample:
+async def gauges(server: ServerProcess) -> dict[str, int]:
+    """The server's own gauges from /metrics (read after the /proc counts, on a
+    connection of its own that is closed at once)."""
+    found: dict[str, int] = {}
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(server.url + "/metrics")).text
+    except httpx.HTTPError:
+        return found
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("homepocket_ws_connections", "homepocket_asyncio_tasks"):
+            found[name] = int(float(value))
+    return found
+
+
+async def sample(server: ServerProcess, t: float) -> Sample:
     assert server.proc is not None
     pid = server.proc.pid
     inodes = []
@@ -125,7 +144,18 @@ def sample(server: ServerProcess, t: float) -> Sample:
         else:
             backend += 1
     tcp_fds = sum(1 for i in inodes if i in tcp)
-    return Sample(t, rss_mb(pid), len(names), clients, backend, len(names) - tcp_fds)
+    rss = rss_mb(pid)
+    g = await gauges(server)
+    return Sample(
+        t,
+        rss,
+        len(names),
+        clients,
+        backend,
+        len(names) - tcp_fds,
+        g.get("homepocket_ws_connections", -1),
+        g.get("homepocket_asyncio_tasks", -1),
+    )
 
 
 async def make_devices(http: httpx.AsyncClient, settings: Settings, n: int) -> list[DeviceKey]:
@@ -200,14 +230,14 @@ class Soak:
     ) -> None:
         print(
             "   t  | RSS MB a/b    | fds a/b     | client socks a/b | backend a/b "
-            "| acked   sends   answers dropped sessions",
+            "| ws a/b      | tasks a/b   | acked   sends   answers dropped sessions",
             flush=True,
         )
         next_at = started
         while time.monotonic() < until:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             t = time.monotonic() - started
-            a, b = [sample(s, t) for s in servers]
+            a, b = [await sample(s, t) for s in servers]
             totals = {
                 "acked": sum(len(d.acked) for d in devices),
                 "sends": sum(d.sends for d in devices),
@@ -225,8 +255,9 @@ def row(a: Sample, b: Sample, x: dict[str, Any]) -> str:
     return (
         f"{a.t:5.0f} | {a.rss_mb:6.1f} {b.rss_mb:6.1f} | {a.fds:5d} {b.fds:5d} | "
         f"{a.clients:7d} {b.clients:7d}  | {a.backend:5d} {b.backend:5d} | "
-        f"{x['acked']:7d} {x['sends']:7d} {x['answers']:7d} "
-        f"{x['dropped']:5d} {x['sessions']:6d}{'  redis stalled' if x['stalled'] else ''}"
+        f"{a.ws:5d} {b.ws:5d} | {a.tasks:5d} {b.tasks:5d} | "
+        f"{x['acked']:7d} {x['sends']:7d} {x['answers']:7d} {x['dropped']:5d} "
+        f"{x['sessions']:6d}{'  redis stalled' if x['stalled'] else ''}"
     )
 
 
@@ -271,7 +302,7 @@ async def drive(soak: Soak, servers: list[ServerProcess], redis_proc: Any, pg_ur
         keys = await make_devices(http, settings, args.devices)
         print(f"registered {len(keys)} devices in {time.monotonic() - began:.0f} s", flush=True)
     await asyncio.sleep(2)
-    base = [sample(s, 0) for s in servers]
+    base = [await sample(s, 0) for s in servers]
     print(
         "baseline: "
         + "; ".join(
@@ -325,7 +356,7 @@ async def settle(servers: list[ServerProcess], base: list[Sample]) -> list[Sampl
     baseline, or after 30 s."""
     deadline = time.monotonic() + 30
     while True:
-        now = [sample(s, -1) for s in servers]
+        now = [await sample(s, -1) for s in servers]
         if all(
             n.clients <= b.clients and n.other <= b.other for n, b in zip(now, base, strict=True)
         ):
@@ -417,6 +448,14 @@ async def verdicts(
             f"{b.other} -> {n.other}; backend sockets {b.backend} -> {n.backend}; "
             f"fds {b.fds} -> {n.fds}",
         )
+        if b.ws >= 0 and b.tasks >= 0:
+            most = max(s[0][i].tasks for s in soak.samples)
+            soak.check(
+                f"tasks {'ab'[i]}",
+                n.ws <= b.ws and n.tasks <= b.tasks + TASKS_SLACK,
+                f"relay sockets {b.ws} -> {n.ws}; asyncio tasks {b.tasks} -> peak {most} "
+                f"-> {n.tasks} (at most {TASKS_SLACK} more than the baseline)",
+            )
     for i in range(2):
         after = [s[0][i] for s in soak.samples if s[0][i].t >= WARMUP_S]
         if not after:

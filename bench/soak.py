@@ -352,16 +352,21 @@ async def drive(soak: Soak, servers: list[ServerProcess], redis_proc: Any, pg_ur
 
 
 async def settle(servers: list[ServerProcess], base: list[Sample]) -> list[Sample]:
-    """Samples once every device has gone: as soon as client sockets are back to the
-    baseline, or after 30 s."""
-    deadline = time.monotonic() + 30
+    """Samples once every device has gone: as soon as client sockets, other fds, relay
+    sockets and tasks are back to the baseline, or after 30 s."""
+    began = time.monotonic()
     while True:
         now = [await sample(s, -1) for s in servers]
-        if all(
-            n.clients <= b.clients and n.other <= b.other for n, b in zip(now, base, strict=True)
-        ):
-            return now
-        if time.monotonic() > deadline:
+        back = all(
+            n.clients <= b.clients
+            and n.other <= b.other
+            and n.ws <= b.ws
+            and n.tasks <= b.tasks + TASKS_SLACK
+            for n, b in zip(now, base, strict=True)
+        )
+        if back or time.monotonic() - began > 30:
+            took = time.monotonic() - began
+            print(f"after the devices left: {'back' if back else 'not back'} in {took:.0f} s")
             return now
         await asyncio.sleep(1)
 

@@ -3,6 +3,8 @@ never a book, a device or an address (docs/CONTRACT.md §7)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -37,6 +39,21 @@ WS_CONNECTIONS = Gauge(
     "Open relay sockets on this instance.",
     registry=REGISTRY,
 )
+ASYNCIO_TASKS = Gauge(
+    "homepocket_asyncio_tasks",
+    "asyncio tasks not yet done in the event loop that serves /metrics.",
+    registry=REGISTRY,
+)
+
+
+def _tasks() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # read outside an event loop
+        return float("nan")
+
+
+ASYNCIO_TASKS.set_function(_tasks)
 WS_CLOSES = Counter(
     "homepocket_ws_closes_total",
     "Relay sockets closed, by close code.",

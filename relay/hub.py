@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from infra.metrics import RELAY_DELIVERIES, WS_CLOSES
+from infra.metrics import RELAY_DELIVERIES, WS_CLOSES, WS_CONNECTIONS
 from relay.broker import Broker
 
 if TYPE_CHECKING:  # annotations only
@@ -417,23 +417,35 @@ class Hub:
                 await self.broker.listen(conn.book_ref)
                 self.books[conn.book_ref] = {}
             self.books[conn.book_ref][conn.conn_id] = conn
-        ids = await self.broker.socket_opened(conn.book_ref, conn.device_id, conn.conn_id, now)
-        for old in ids[:-2]:  # at most 2 sockets per device: the oldest go
-            await self.broker.publish(
-                conn.book_ref,
-                {"k": "close", "conn": old, "code": REPLACED[0], "reason": REPLACED[1]},
-            )
-        if len(ids) == 1:
-            await self.presence(conn.book_ref, conn.device_id, "online")
+            WS_CONNECTIONS.inc()
+        try:
+            ids = await self.broker.socket_opened(conn.book_ref, conn.device_id, conn.conn_id, now)
+            for old in ids[:-2]:  # at most 2 sockets per device: the oldest go
+                await self.broker.publish(
+                    conn.book_ref,
+                    {"k": "close", "conn": old, "code": REPLACED[0], "reason": REPLACED[1]},
+                )
+            if len(ids) == 1:
+                await self.presence(conn.book_ref, conn.device_id, "online")
+        except BaseException:
+            # Not attached after all, so the session will not detach it: it goes now
+            # (else the hub would keep it, and the broker count it as open, for good).
+            with contextlib.suppress(Exception):
+                await self.detach(conn)
+            raise
 
-    async def detach(self, conn: Conn) -> None:
+    async def _drop(self, conn: Conn) -> None:
         async with self._lock:
             conns = self.books.get(conn.book_ref)
             if conns is not None:
-                conns.pop(conn.conn_id, None)
+                if conns.pop(conn.conn_id, None) is not None:
+                    WS_CONNECTIONS.dec()
                 if not conns:
                     del self.books[conn.book_ref]
                     await self.broker.unlisten(conn.book_ref)
+
+    async def detach(self, conn: Conn) -> None:
+        await self._drop(conn)
         still_open = await self.broker.socket_closed(conn.book_ref, conn.device_id, conn.conn_id)
         gone_for_good = conn.closed is not None and conn.closed[0] in (REVOKED[0], ERASED[0])
         if not still_open and not gone_for_good:

@@ -418,3 +418,51 @@ async def test_the_relay_keeps_its_contract_under_plain_uvicorn_websockets(
         await pb.nothing()
         for p in (pa, pb):
             await p.close()
+
+
+async def test_metrics_count_open_relay_sockets_and_tasks(
+    server: InProcessServer, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async def gauge(name: str) -> float:
+        text = (await client.get("/metrics")).text
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
+        assert found, name
+        return float(found.group(1))
+
+    book_id, (a, b) = await make_book(client, settings, 2)
+    before = await gauge("homepocket_ws_connections")
+    pa = await open_peer(server.ws_url, book_id, a)
+    pb = await open_peer(server.ws_url, book_id, b)
+    assert await gauge("homepocket_ws_connections") == before + 2
+    assert await gauge("homepocket_asyncio_tasks") >= 2
+    await pa.close()
+    await pb.close()
+    deadline = time.monotonic() + 5
+    while await gauge("homepocket_ws_connections") != before:
+        assert time.monotonic() < deadline, "the gauge did not come back down"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_socket_the_broker_could_not_record_is_not_kept(
+    server: InProcessServer,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def gauge() -> float:
+        text = (await client.get("/metrics")).text
+        found = re.search(r"^homepocket_ws_connections (\S+)$", text, re.M)
+        assert found
+        return float(found.group(1))
+
+    async def down(*args: object) -> list[str]:
+        raise ConnectionError("broker down")
+
+    book_id, (a,) = await make_book(client, settings, 1)
+    before = await gauge()
+    monkeypatch.setattr(server.infra.backlog.broker, "socket_opened", down)
+    peer = await open_peer(server.ws_url, book_id, a, welcome=False)
+    code, _ = await peer.closed()
+    assert code == 1013
+    monkeypatch.undo()
+    assert await gauge() == before  # the hub holds no socket that is gone

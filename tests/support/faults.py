@@ -162,7 +162,14 @@ def private_redis() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
 @dataclass
 class Device:
     """A client as the contract asks: ops with ids, retried by id after an `error`,
-    everything unacked sent again after a reconnect."""
+    everything unacked sent again after a reconnect.
+
+    With `resume`, it keeps its position (the highest seq up to which it has received
+    or been acked every op) and epoch, and reconnects with `since`/`epoch`. With
+    `session_s`, it closes each session itself after a random time in that range,
+    once every send of it is answered, and with `move_p` it then goes to the next
+    instance. `dropped` counts sends left unanswered on a socket closed under them
+    (they are pending, and sent again on the next session)."""
 
     key: DeviceKey
     ws_urls: list[str]  # instances to try, in turn after a failed connect
@@ -179,12 +186,23 @@ class Device:
     sessions: int = 0
     stopping: bool = False
     open_unanswered: int = -1  # sends unanswered on the session still open at the end
+    resume: bool = False
+    session_s: tuple[float, float] | None = None
+    move_p: float = 0.0
+    poll_s: float = 0.2  # how often an idle session looks at `stopping`
+    epoch: str | None = None
+    position: int = 0
+    above: set[int] = field(default_factory=set)  # seqs had beyond `position`
+    dropped: int = 0
+    gaps: int = 0
 
     async def run(self) -> None:
         while not self.stopping:
             try:
-                await self._session()
+                moved = await self._session()
             except (OSError, ConnectionClosed, InvalidStatus, TimeoutError):
+                moved = True
+            if moved:
                 self.ws_urls.append(self.ws_urls.pop(0))  # the next instance, next time
             if not self.stopping:
                 await asyncio.sleep(self.rng.uniform(0.1, 0.4))
@@ -200,9 +218,22 @@ class Device:
         self.sends += 1
         await ws.send(orjson.dumps(message).decode())
 
-    async def _session(self) -> None:
+    def _had(self, seq: int) -> None:
+        if seq > self.position:
+            self.above.add(seq)
+            while self.position + 1 in self.above:
+                self.position += 1
+                self.above.discard(self.position)
+
+    async def _session(self) -> bool:
+        """One connection; True when the next one should go to the next instance."""
         loop = asyncio.get_running_loop()
         url = f"{self.ws_urls[0]}/ws/relay/{self.book_id}"
+        if self.resume:
+            url += f"?since={self.position}"
+            if self.epoch is not None and self.position > 0:
+                url += f"&epoch={self.epoch}"
+        ends = None if self.session_s is None else loop.time() + self.rng.uniform(*self.session_s)
         headers = {"Authorization": "Bearer " + self.key.token()}
         async with connect(
             url, additional_headers=headers, open_timeout=5, ping_interval=None, max_size=None
@@ -211,7 +242,13 @@ class Device:
             assert isinstance(frame, str)
             first = orjson.loads(frame.split("\n", 1)[0])
             if first["type"] != "welcome":
-                return
+                return True
+            if self.resume and first["epoch"] != self.epoch and self.epoch is not None:
+                self.position, self.above = 0, set()  # a new epoch starts again at seq 1
+            self.epoch = first["epoch"]
+            for line in frame.split("\n")[1:]:
+                if line:
+                    self._other(orjson.loads(line))
             self.sessions += 1
             sent: deque[str] = deque()
             retry_at: dict[str, float] = {}
@@ -223,8 +260,16 @@ class Device:
                     now = loop.time()
                     if self.stopping and not sent and not retry_at:
                         self.open_unanswered = 0
-                        return
-                    if not self.stopping and len(self.payloads) < self.target and now >= next_new:
+                        return False
+                    leaving = ends is not None and now >= ends
+                    if leaving and not sent:
+                        return self.rng.random() < self.move_p
+                    if (
+                        not self.stopping
+                        and not leaving
+                        and len(self.payloads) < self.target
+                        and now >= next_new
+                    ):
                         op_id = f"{self.key.device_id[:6]}-{len(self.payloads)}"
                         self.payloads[op_id] = payload(24)
                         self.pending[op_id] = None
@@ -234,9 +279,10 @@ class Device:
                         if now >= at:
                             del retry_at[op_id]
                             await self._send(ws, sent, op_id)
-                    wake = min([next_new, *retry_at.values()]) - loop.time()
+                    wake = min([next_new, *retry_at.values(), *([ends] if ends else [])])
+                    wake -= loop.time()
                     try:
-                        frame = await asyncio.wait_for(ws.recv(), max(0.01, min(wake, 0.2)))
+                        frame = await asyncio.wait_for(ws.recv(), max(0.01, min(wake, self.poll_s)))
                     except TimeoutError:
                         continue
                     assert isinstance(frame, str)
@@ -246,12 +292,14 @@ class Device:
             finally:
                 if self.stopping and self.open_unanswered < 0:
                     self.open_unanswered = len(sent)
+                self.dropped += len(sent)
 
     def _answer(
         self, msg: dict[str, Any], sent: deque[str], retry_at: dict[str, float], now: float
     ) -> None:
         kind = msg["type"]
         if kind not in ("ack", "error"):
+            self._other(msg)
             return
         self.answers += 1
         if not sent:
@@ -267,7 +315,16 @@ class Device:
             if expected in self.pending:
                 retry_at[expected] = now + self.rng.uniform(0.05, 0.3)
             return
+        self._had(msg["seq"])
         first = self.acked.setdefault(expected, msg["seq"])
         if first != msg["seq"]:
             self.problems.append(f"{expected} acked with seq {msg['seq']}, first {first}")
         self.pending.pop(expected, None)
+
+    def _other(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "crdt_operation":
+            self._had(msg["seq"])
+        elif msg["type"] == "sync_gap":
+            self.gaps += 1
+            self.epoch, self.position = msg["epoch"], msg["resume_seq"]
+            self.above = {s for s in self.above if s > self.position}

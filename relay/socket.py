@@ -2,9 +2,8 @@
 
 Never decodes, changes or logs a payload; never echoes a token; never logs a book_id.
 
-=======
 The wire protocol (docs/CONTRACT.md §4), for app developers and auditors
-============================================================
+========================================================================
 
 Handshake
   Auth: `Authorization: Bearer <jwt>`, or (browsers) the subprotocols

@@ -333,6 +333,7 @@ function summary (extra) {
     error_samples: errorSamples,
     p50_ms: percentile(sorted, 0.5),
     p99_ms: percentile(sorted, 0.99),
+    p999_ms: percentile(sorted, 0.999),
     ...extra
   }
 }

@@ -444,6 +444,19 @@ async function idle () {
   }
 }
 
+// Connect n devices, print a line once they are all open, hold them until stdin ends
+// (idle_heap.py measures the server meanwhile), then close them.
+async function hold () {
+  const devices = makeDevices(cfg.n)
+  const c = await connectAll(devices, 50)
+  const open = devices.filter((d) => d.ws && d.ws.readyState === WebSocket.OPEN).length
+  process.stdout.write(JSON.stringify({ held: open, failures: c.failures, fail_samples: c.failSamples }) + '\n')
+  await new Promise((resolve) => { process.stdin.on('end', resolve); process.stdin.resume() })
+  closeAll(devices)
+  await sleep(200)
+  return { workload: 'hold', n: cfg.n, held: open, failures: c.failures }
+}
+
 // A device resumes after `missed` ops were sent while it was away; the time from
 // opening its socket to holding all of them (relay: sync_complete after the replay;
 // ywss: the sync step 2 answering its state vector, which holds every missed update).
@@ -562,7 +575,7 @@ async function register () {
   return { workload: 'register', n: devices.length, failures, samples, seconds: (now() - t0) / 1000 }
 }
 
-const workloads = { saturation, latency, idle, catchup, register }
+const workloads = { saturation, latency, idle, catchup, register, hold }
 workloads[cfg.workload]().then(
   (result) => { process.stdout.write(JSON.stringify(result) + '\n'); process.exit(0) },
   (err) => { process.stdout.write(JSON.stringify({ error: String(err.stack || err) }) + '\n'); process.exit(1) }

@@ -231,3 +231,48 @@ def test_whole_text_frames_skip_the_library_parser() -> None:
     assert others == [] and not closing
     assert parsed == [Opcode.PING]
     assert written == Frame(Opcode.PONG, b"hi").serialize(mask=False)
+
+
+def test_an_accepted_socket_keeps_no_handshake_and_waits_while_unwritable() -> None:
+    """Once accepted, the protocol drops the handshake's request and response; its
+    `writable` flag holds a send back while the transport is full, as uvicorn's Event
+    did, and lets it go on resume."""
+
+    async def run() -> tuple[bool, bool, bool, bytes]:
+        go, sent = asyncio.Event(), asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            await send({"type": "websocket.accept"})
+            await go.wait()
+            await send({"type": "websocket.send", "text": "after resume"})
+            sent.set()
+            await receive()
+
+        config = uvicorn.Config(app, ws=DirectWebSocket, ws_ping_interval=None, log_config=None)
+        config.load()
+        state = ServerState()
+        server = DirectWebSocket(config, state, {}, asyncio.get_running_loop())
+        transport = Transport(lambda: server.connection_lost(None))
+        server.connection_made(transport)
+        server.data_received(handshake())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        kept = hasattr(server, "request") or hasattr(server, "response")
+        transport.written.clear()
+        server.pause_writing()
+        go.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        held = not sent.is_set()
+        server.resume_writing()
+        await asyncio.wait_for(sent.wait(), 5)
+        transport.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return kept, held, sent.is_set(), bytes(transport.written)
+
+    kept, held, sent, written = asyncio.run(run())
+    assert not kept
+    assert held and sent
+    assert written == Frame(Opcode.TEXT, b"after resume").serialize(mask=False)

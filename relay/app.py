@@ -60,12 +60,14 @@ def build(infra: Infra) -> Capability:
     async def stop() -> None:
         # uvicorn has already closed the sockets with 1012 by now; these are stragglers.
         hub.close_all(1012, "SERVER_RESTARTING")
+        relay_socket.expiries.close()
         with contextlib.suppress(Exception):
             await records.flush()
         await broker.stop()
 
     routes: list[BaseRoute] = [*http.routes(infra, broker, hub, records)]
-    socket = WebSocketRoute("/ws/relay/{book_id}", RelaySocket(infra, hub, broker, records))
+    relay_socket = RelaySocket(infra, hub, broker, records)
+    socket = WebSocketRoute("/ws/relay/{book_id}", relay_socket)
     return Capability(
         "relay",
         routes,

@@ -104,7 +104,7 @@ class Conn:
         "closed",
         "conn_id",
         "device_id",
-        "expiry",
+        "expires_at",
         "finished",
         "flush_due",
         "frame_limit",
@@ -149,7 +149,7 @@ class Conn:
         self.closed: tuple[int, str] | None = None
         self.finished = False
         self.reader: asyncio.Task[Any] | None = None  # the session reading; stops at finish
-        self.expiry: asyncio.TimerHandle | None = None  # closes with 4401 at token expiry
+        self.expires_at = 0  # the token's expiry, while armed (relay.expiry)
         self.inflight = 0  # ops sent to a pipelined broker, not yet answered
         self.appending: asyncio.Future[None] | None = None  # the reader waits for an answer
         self._writer: asyncio.Task[None] | None = None
@@ -158,6 +158,9 @@ class Conn:
         self.wire: DirectWebSocket | None = None
         self.budget: OpBudget | None = None  # RATE_LIMIT_WS_OPS, made on the first message
         self.busy = False  # the session is handling a message it read
+
+    def expired(self) -> None:
+        self.close(*TOKEN_EXPIRED)
 
     async def reserve_append(self) -> None:
         """Wait for room among this socket's appends in flight (pipelined brokers)."""

@@ -96,6 +96,7 @@ from infra.validate import BOOK_ID
 from relay import ops, resume
 from relay.broker import Appended, Broker, Head, NewOp
 from relay.budget import OpBudget
+from relay.expiry import Expiries
 from relay.hub import MALFORMED, TOKEN_EXPIRED, TOO_SLOW, Conn, Hub, dumps
 from relay.records import SyncRecords
 
@@ -127,10 +128,14 @@ class RelaySocket:
         self.max_op_bytes = infra.settings.max_op_bytes
         self.frame_limit = frame_limit(self.max_op_bytes)
         self.queue_limit = max(256 * 1024, 4 * self.frame_limit)
+        self.expiries = Expiries(infra.clock.now)  # closes with 4401 when a token expires
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         admitted = await self._handshake(scope, receive, send)
         if admitted is not None:
+            # Answered: nothing reads the request again, but the frames that dispatched
+            # here (and uvicorn's protocol) keep this dict for the socket's whole life.
+            scope.clear()
             await self._session(receive, *admitted)
 
     async def _handshake(
@@ -231,7 +236,7 @@ class RelaySocket:
         epoch: str | None,
     ) -> None:
         infra = self.infra
-        self._arm_expiry(conn, exp)
+        self.expiries.arm(conn, exp)
         attached = False
         end: int | None = None
         try:
@@ -251,8 +256,7 @@ class RelaySocket:
                 conn.wire.read_directly(partial(self._now, conn))
             end = await self._read_until_finished(receive, conn)
         finally:
-            if conn.expiry is not None:
-                conn.expiry.cancel()
+            self.expiries.disarm(conn)
             if attached:
                 with contextlib.suppress(Exception):
                     await self.hub.detach(conn)
@@ -264,13 +268,6 @@ class RelaySocket:
                 if window is not None:
                     with contextlib.suppress(Exception):
                         await self.broker.refund_connect(conn.device_id, int(window.get_expiry()))
-
-    def _arm_expiry(self, conn: Conn, at: int) -> None:
-        """Close with 4401 when the token expires (a fresh `auth` re-arms it)."""
-        if conn.expiry is not None:
-            conn.expiry.cancel()
-        delay = max(0.0, at - self.infra.clock.now())
-        conn.expiry = asyncio.get_running_loop().call_later(delay, conn.close, *TOKEN_EXPIRED)
 
     async def _read_until_finished(self, receive: Receive, conn: Conn) -> int | None:
         """Read in this task (no task of its own per socket) until the peer leaves, with
@@ -501,7 +498,7 @@ class RelaySocket:
         except ApiError:
             conn.close(*TOKEN_EXPIRED)
             return
-        self._arm_expiry(conn, caller.claims.exp)
+        self.expiries.arm(conn, caller.claims.exp)
 
 
 __all__ = ["TOO_SLOW", "RelaySocket"]

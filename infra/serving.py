@@ -31,7 +31,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Opcode
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 from infra.settings import Settings
 
@@ -203,6 +203,14 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
         for name in HANDSHAKE_ONLY:
             self.__dict__.pop(name, None)
         self.__dict__ = dict(self.__dict__)
+        if self._fast:
+            # The library's parser is the server's `parse`, whose frame keeps the request
+            # (2.5 KB of headers) while it parses frames; no frame byte has reached it
+            # (`_fast`), so it waits at the top of its frame loop, with nothing buffered,
+            # exactly where a new frame parser starts.
+            parser = Protocol.parse(self.conn)
+            next(parser)
+            self.conn.parser = parser
         super().start_keepalive()
 
     def data_received(self, data: bytes) -> None:

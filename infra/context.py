@@ -29,6 +29,7 @@ from infra.db import Database, open_database
 from infra.envelope import current_request_id
 from infra.errors import ApiError
 from infra.ids import IdHasher, client_ip
+from infra.looplag import watch_loop_lag
 from infra.members import Members
 from infra.metrics import RATE_LIMITED
 from infra.ports import (
@@ -94,6 +95,7 @@ class Infra:
         if s.redis_url:
             await self.check_redis()
         self.spawn(self.audit.purge_forever())
+        self.spawn(watch_loop_lag())
 
     def redis(self) -> Any:
         """The shared Redis client (redis.asyncio.Redis) when REDIS_URL is set.

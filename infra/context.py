@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from infra.audit import Audit, Origin
 from infra.auth import Authenticator
 from infra.clock import Clock, SystemClock
+from infra.collector import collect_forever
 from infra.db import Database, open_database
 from infra.envelope import current_request_id
 from infra.errors import ApiError
@@ -96,6 +97,7 @@ class Infra:
             await self.check_redis()
         self.spawn(self.audit.purge_forever())
         self.spawn(watch_loop_lag())
+        self.spawn(collect_forever())
 
     def redis(self) -> Any:
         """The shared Redis client (redis.asyncio.Redis) when REDIS_URL is set.

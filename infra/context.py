@@ -25,10 +25,12 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from infra.audit import Audit, Origin
 from infra.auth import Authenticator
 from infra.clock import Clock, SystemClock
+from infra.collector import collect_forever
 from infra.db import Database, open_database
 from infra.envelope import current_request_id
 from infra.errors import ApiError
 from infra.ids import IdHasher, client_ip
+from infra.looplag import watch_loop_lag
 from infra.members import Members
 from infra.metrics import RATE_LIMITED
 from infra.ports import (
@@ -94,6 +96,8 @@ class Infra:
         if s.redis_url:
             await self.check_redis()
         self.spawn(self.audit.purge_forever())
+        self.spawn(watch_loop_lag())
+        self.spawn(collect_forever())
 
     def redis(self) -> Any:
         """The shared Redis client (redis.asyncio.Redis) when REDIS_URL is set.

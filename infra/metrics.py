@@ -54,6 +54,12 @@ def _tasks() -> float:
 
 
 ASYNCIO_TASKS.set_function(_tasks)
+EVENT_LOOP_LAG = Histogram(
+    "homepocket_event_loop_lag_seconds",
+    "How much later than scheduled the event loop ran a timer (sampled every 0.25 s).",
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 WS_CLOSES = Counter(
     "homepocket_ws_closes_total",
     "Relay sockets closed, by close code.",

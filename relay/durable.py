@@ -29,7 +29,7 @@ import logging
 import sqlite3
 import time
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # Over the total bound, books are trimmed this much further below it, so the search
 # for the biggest books runs once per this many bytes of appends, not on every one.
 TOTAL_SLACK_SHARE = 64
+ID_MARK_S = 10  # the id log's stretches between marks, in seconds of relay time
 DELETE_SLICE = 10_000  # chunk ids per DELETE (SQLite bounds a statement's parameters)
 
 _SCHEMA = """
@@ -198,6 +199,9 @@ class DurableBacklog:
         self._db: sqlite3.Connection | None = None
         self._next_row = 1  # chunks' row ids are handed out here, in append order
         self._doomed: list[int] = []  # chunks to delete with this transaction
+        # (at, last id_log row by then), one per ID_MARK_S of relay time: forgetting old
+        # client ids deletes a range of rows by id rather than scanning the whole log.
+        self._id_marks: deque[tuple[int, int]] = deque()
 
     # Lifecycle.
     def open(self, now: int | None = None) -> None:
@@ -276,9 +280,13 @@ class DurableBacklog:
         for book in self.books.values():
             self.total += book.bytes
         horizon = now - IDEMPOTENCY_TTL_S
-        for (entries,) in db.execute(
-            "SELECT entries FROM id_log WHERE at > ? ORDER BY id", (horizon,)
+        (old,) = db.execute("SELECT max(id) FROM id_log WHERE at <= ?", (horizon,)).fetchone()
+        if old is not None:
+            self._id_marks.append((horizon, old))
+        for row, at_, entries in db.execute(
+            "SELECT id, at, entries FROM id_log WHERE at > ? ORDER BY id", (horizon,)
         ):
+            self._mark_ids(at_, row)
             for line in entries.split("\n"):
                 no, device, seq, at, client = line.split(" ", 4)
                 known = self._by_no.get(int(no))
@@ -341,10 +349,11 @@ class DurableBacklog:
                 results, ids = self._number(batch, books)
                 self._write_chunks(batch, results, books, now)
                 if ids:
-                    self.db.execute(
+                    row = self.db.execute(
                         "INSERT INTO id_log (at, entries) VALUES (?, ?)",
                         (now, "\n".join(ids)),
-                    )
+                    ).lastrowid
+                    self._mark_ids(now, row)
                 moved = self._trim(books.values(), now)
                 moved += [b for ref, b in books.items() if b.oldest != saved[ref][1]]
                 self.db.executemany(
@@ -529,8 +538,27 @@ class DurableBacklog:
             ids = book.ids
             while ids and next(iter(ids.values()))[1] <= horizon:
                 ids.popitem(last=False)
+        through = None
+        marks = self._id_marks
+        while marks and marks[0][0] <= horizon:
+            through = marks.popleft()[1]
+        if through is None:
+            return
+        # Rows by id up to the last one written by the horizon: the log is appended in
+        # time order, so this reads only what goes (a scan of a day's log held the loop
+        # longer every 10 s); `at` still decides, should the clock have stepped back.
         with self._transaction():
-            self.db.execute("DELETE FROM id_log WHERE at <= ?", (horizon,))
+            self.db.execute("DELETE FROM id_log WHERE id <= ? AND at <= ?", (through, horizon))
+
+    def _mark_ids(self, at: int, row: int | None) -> None:
+        """Row `row` of the id log was written at `at`: extend the stretch or start one."""
+        marks = self._id_marks
+        if row is None:
+            return
+        if marks and at < marks[-1][0] + ID_MARK_S:
+            marks[-1] = (marks[-1][0], row)
+        else:
+            marks.append((at, row))
 
     def trim_aged(self, now: int) -> None:
         """Books nobody writes to or reads still lose their ops past the age limit."""

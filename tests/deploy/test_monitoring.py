@@ -137,6 +137,7 @@ def test_alert_rules_and_dashboard_use_exported_series(live_metrics: str) -> Non
         "homepocket_ws_connections",
         "homepocket_rate_limited_total",
         "homepocket_relay_ops_total",
+        "homepocket_event_loop_lag_seconds",
     ):
         assert required in seen, f"nothing watches {required}"
 

@@ -7,7 +7,9 @@ keeps every acked op under the same epoch, a lost store that does not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from relay import durable
-from relay.broker import BacklogLimits, Broker, NewOp, op_tail
+from relay.broker import IDEMPOTENCY_TTL_S, BacklogLimits, Broker, NewOp, op_tail
 from relay.embedded import EmbeddedBroker
 from relay.redis_broker import RedisBroker
 
@@ -255,3 +257,57 @@ async def test_erasure_forgets_the_book_and_its_client_ids(tmp_path: Path) -> No
         assert (await broker.head(ref, int(time.time()))).epoch != epoch
     finally:
         await broker.stop()
+
+
+async def test_client_ids_past_a_day_go_from_memory_and_disk_and_stay_gone(
+    tmp_path: Path,
+) -> None:
+    ref, t0 = book(), 1_800_000_000
+    clock = [float(t0)]
+    broker = EmbeddedBroker(tmp_path, limits(max_age_s=10 * IDEMPOTENCY_TTL_S), lambda: clock[0])
+    await broker.start(Sink())
+    for n, age in enumerate((0, 20, 40)):  # three of the id log's stretches
+        clock[0] = t0 + age
+        await broker.append(ref, op(f"id{n}", now=t0 + age))
+    later = t0 + IDEMPOTENCY_TTL_S + 25
+    clock[0] = later
+    broker.backlog.forget_old_ids(later)
+    with contextlib.closing(sqlite3.connect(tmp_path / durable.FILE_NAME)) as db:
+        (kept,) = db.execute("SELECT count(*) FROM id_log").fetchone()
+    assert kept == 1  # the rows of the two older ids are deleted, the youngest kept
+    await broker.stop()
+
+    again = EmbeddedBroker(tmp_path, limits(max_age_s=10 * IDEMPOTENCY_TTL_S), lambda: clock[0])
+    await again.start(Sink())
+    try:
+        assert (await again.append(ref, op("id2", now=later))).duplicate
+        assert not (await again.append(ref, op("id0", now=later))).duplicate
+        assert not (await again.append(ref, op("id1", now=later))).duplicate
+    finally:
+        await again.stop()
+
+
+async def test_client_ids_a_restart_finds_past_a_day_are_deleted_at_the_next_upkeep(
+    tmp_path: Path,
+) -> None:
+    ref, t0 = book(), 1_800_000_000
+    clock = [float(t0)]
+    lim = limits(max_age_s=10 * IDEMPOTENCY_TTL_S)
+    broker = EmbeddedBroker(tmp_path, lim, lambda: clock[0])
+    await broker.start(Sink())
+    await broker.append(ref, op("old", now=t0))
+    await broker.stop()
+
+    clock[0] = later = t0 + IDEMPOTENCY_TTL_S + 1
+    again = EmbeddedBroker(tmp_path, lim, lambda: clock[0])
+    await again.start(Sink())
+    try:
+        await again.append(ref, op("new", now=later))
+        again.backlog.forget_old_ids(later)
+        with contextlib.closing(sqlite3.connect(tmp_path / durable.FILE_NAME)) as db:
+            (kept,) = db.execute("SELECT count(*) FROM id_log").fetchone()
+        assert kept == 1
+        assert not (await again.append(ref, op("old", now=later))).duplicate
+        assert (await again.append(ref, op("new", now=later))).duplicate
+    finally:
+        await again.stop()

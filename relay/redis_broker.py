@@ -61,7 +61,6 @@ log = logging.getLogger("homepocket.relay")
 BEAT_S = 2.0
 ALIVE_TTL_S = 6  # an instance silent this long is dead
 PREFIX = "hp:r:"
-REAP_BOOKS_AT_ONCE = 256
 INSTANCES = PREFIX + "instances"
 # Every book's retained bytes (a sorted set by meta key) and their sum: the bound on the
 # whole backlog trims the biggest books first. The last two keys of every backlog script.
@@ -619,29 +618,23 @@ class RedisBroker:
             trace=False,
         )
 
-    async def _reap_book(self, instance: str, book_ref: str) -> None:
-        key = _k(book_ref, "s")
-        members = [m.decode() for m in await self._cmd.call(b"ZRANGE", key, 0, -1)]
-        theirs = [m for m in members if m.split("|", 1)[1].startswith(instance + ".")]
-        if not theirs:
-            return
-        await self._cmd.call(b"ZREM", key, *theirs)
-        still = {d for d, _ in await self._sockets(book_ref)}
-        for device in {m.split("|", 1)[0] for m in theirs} - still:
-            line = orjson.dumps({"type": "presence", "device_id": device, "status": "offline"})
-            await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
-
     async def _reap(self, instance: str) -> None:
         """Forget a dead instance's sockets, once, and tell peers who went offline."""
         claimed = await self._r.set(PREFIX + "reap:" + instance, b"1", nx=True, ex=60)
         if not claimed:
             return
         books_key = PREFIX + "books:" + instance
-        books = [raw.decode() for raw in await self._r.smembers(books_key)]
-        # Every book at once, pipelined: an instance stopping with thousands of sockets
-        # leaves them all to this goodbye, and one book after another took seconds.
-        for start in range(0, len(books), REAP_BOOKS_AT_ONCE):
-            chunk = books[start : start + REAP_BOOKS_AT_ONCE]
-            await asyncio.gather(*(self._reap_book(instance, b) for b in chunk))
+        for raw in await self._r.smembers(books_key):
+            book_ref = raw.decode()
+            key = _k(book_ref, "s")
+            members = [m.decode() for m in await self._r.zrange(key, 0, -1)]
+            theirs = [m for m in members if m.split("|", 1)[1].startswith(instance + ".")]
+            if not theirs:
+                continue
+            await self._r.zrem(key, *theirs)
+            still = {d for d, _ in await self._sockets(book_ref)}
+            for device in {m.split("|", 1)[0] for m in theirs} - still:
+                line = orjson.dumps({"type": "presence", "device_id": device, "status": "offline"})
+                await self.publish(book_ref, {"k": "msg", "exclude": device, "line": line.decode()})
         await self._r.delete(books_key)
         await self._r.zrem(INSTANCES, instance)

@@ -263,10 +263,7 @@ class RelaySocket:
                 if window is not None:
                     with contextlib.suppress(Exception):
                         await self.broker.refund_connect(conn.device_id, int(window.get_expiry()))
-            # At shutdown the broker's stop forgets this instance's sockets all at once
-            # (Redis: one goodbye; embedded: presence dies with the process); one by one
-            # they held the exit for seconds, announcing offline to sockets closing too.
-            if attached and not shut_down:
+            if attached:
                 with contextlib.suppress(Exception):
                     await self.hub.detach(conn)
             await conn.stop()

@@ -6,12 +6,14 @@ registered bookless over HTTP are made pending and promoted with `infra.members`
 exactly as a confirmed pairing would leave them.
 
 Usage: python bench/membership.py DATA_DIR DEVICES_JSON
+(`DATABASE_URL` and `ID_HASH_KEY` from the environment, when set, as the server reads them)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,9 +29,10 @@ def joiners(devices: list[dict[str, object]]) -> list[tuple[str, str]]:
 
 
 async def join_all(data_dir: Path, devices: list[dict[str, object]]) -> int:
-    settings = Settings.from_env({}, None, data_dir=data_dir)
+    chosen = {k: v for k, v in os.environ.items() if k in ("DATABASE_URL", "ID_HASH_KEY")}
+    settings = Settings.from_env(chosen, None, data_dir=data_dir)
     hasher = IdHasher(str(resolve_id_hash_key(settings)))
-    db = await open_database(None, data_dir)
+    db = await open_database(settings.database_url, data_dir)
     members = Members(db)
     done = 0
     try:

@@ -2,7 +2,8 @@
 
 `authenticate` gives 401s (docs/CONTRACT.md §2); the `require_*` checks give 403s. They are
 separate calls because a 429 ranks between them (docs/CONTRACT.md §3 precedence). Keys are read
-from the metadata store on every call, so a revoked device is refused at once.
+from the metadata store on every call (the calls of one loop turn share a query), so a
+revoked device is refused at once.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Authenticator:
         claims = tokens.read_unverified(token)
         if not DEVICE_ID.fullmatch(claims.sub):
             raise invalid_token("invalid")
-        device = await self.members.get(claims.sub)
+        device = await self.members.lookup(claims.sub)
         if device is None:
             # Shape and time errors first, so a client learns what to fix.
             tokens.check_times(claims, self.clock.now(), self.max_lifetime_s)

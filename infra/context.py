@@ -48,6 +48,7 @@ from infra.settings import ConfigError, Settings, resolve_id_hash_key
 
 log = logging.getLogger("homepocket")
 IP_KEY_PREFIX = "ip:"
+REDIS_POOL_SIZE = 64  # connections per pool of plain commands
 Check = Callable[[], Awaitable[None]]
 
 
@@ -110,13 +111,19 @@ class Infra:
             import redis.asyncio as aioredis  # production dependency, lazily
 
             timeout = self.settings.backend_timeout_s
-            self._redis = aioredis.from_url(
+            # A blocking pool: past its size a call waits its turn (up to the timeout);
+            # the default pool fails it at once ("Too many connections"), which a
+            # reconnect storm of thousands of sockets reaches.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self.settings.redis_url,
+                max_connections=REDIS_POOL_SIZE,
+                timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 health_check_interval=30,
                 retry=redis_retry(),
             )
+            self._redis = aioredis.Redis.from_pool(pool)  # owns it: aclose closes it
         return self._redis
 
     async def check_redis(self) -> None:

@@ -6,6 +6,7 @@ Books are known only by `book_ref`. A device belongs to at most one book, as a
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ PENDING = "pending"
 _COLUMNS = "device_id, public_key, book_ref, role, created_at, last_active_at, revoked_at"
 # Writing last_active_at on every call would be a write per request; a minute is plenty.
 TOUCH_INTERVAL_S = 60
+LOOKUP_BATCH = 500  # device ids per query of `lookup` (bound parameters)
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,57 @@ class Registration:
 class Members:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._wanted: dict[str, list[asyncio.Future[Device | None]]] = {}
+        self._reads: set[asyncio.Task[None]] = set()
 
     async def get(self, device_id: str, q: Queries | None = None) -> Device | None:
         row = await (q or self.db).fetchrow(
             f"SELECT {_COLUMNS} FROM devices WHERE device_id = $1", device_id
         )
         return Device.from_row(row) if row else None
+
+    async def lookup(self, device_id: str) -> Device | None:
+        """`get` for authentication, read fresh from the store as `get` is, but the
+        lookups asked for in one loop turn share one query: a reconnect storm's
+        thousands of handshakes then cost a query per turn, not one each (on SQLite
+        each waited its turn for the one connection, and timed out past a few hundred)."""
+        future: asyncio.Future[Device | None] = asyncio.get_running_loop().create_future()
+        if not self._wanted:
+            asyncio.get_running_loop().call_soon(self._read_wanted)
+        self._wanted.setdefault(device_id, []).append(future)
+        return await future
+
+    def _read_wanted(self) -> None:
+        wanted, self._wanted = self._wanted, {}
+        ids = list(wanted)
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            chunk = {i: wanted[i] for i in ids[start : start + LOOKUP_BATCH]}
+            task = asyncio.ensure_future(self._read(chunk))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+
+    async def _read(self, wanted: dict[str, list[asyncio.Future[Device | None]]]) -> None:
+        marks = ", ".join(f"${n}" for n in range(1, len(wanted) + 1))
+        try:
+            rows = await self.db.fetch(
+                f"SELECT {_COLUMNS} FROM devices WHERE device_id IN ({marks})", *wanted
+            )
+        except asyncio.CancelledError:
+            for futures in wanted.values():
+                for future in futures:
+                    future.cancel()
+            raise
+        except Exception as exc:  # every waiter gets the store's failure
+            for futures in wanted.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        found = {row["device_id"]: Device.from_row(row) for row in rows}
+        for device_id, futures in wanted.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(found.get(device_id))
 
     async def book_exists(self, book_ref: str, q: Queries | None = None) -> bool:
         row = await (q or self.db).fetchrow(

@@ -66,8 +66,12 @@ class RateLimiter:
 
             # Our own pool: short timeouts (a down store answers fast) and closed at stop.
             timeout = min(2.0, settings.backend_timeout_s)
-            self._pool = aioredis.ConnectionPool.from_url(
+            # Blocking: a burst of connects waits for a connection rather than failing
+            # open with "Too many connections" (uncounted) past the default pool size.
+            self._pool = aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
+                max_connections=64,
+                timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=redis_retry(),

@@ -182,6 +182,13 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
     # before the handshake ended).
     _fast = False
     _partial = b""  # the start of a frame not yet whole
+    # uvicorn closes with 1012 at shutdown and tells the app the same code a peer
+    # closing with 1012 would: this says which it was (a refund is for the server's).
+    shut_down = False
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+        super().shutdown()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -47,6 +47,7 @@ from relay.broker import (
 from relay.redis_scripts import (
     APPEND_BATCH,
     FORGET_SIZE,
+    GRANT_REFUND,
     READ,
     SWEEP_SIZES,
     TAKE_REFUND,
@@ -177,10 +178,10 @@ class RedisBroker:
         if self._sub is not None:
             await self._sub.stop()
         self._flush()  # what is left fails at once: the connection is closing
-        await self._cmd.close()
         with contextlib.suppress(Exception):  # a clean goodbye: our sockets are gone
             await self._r.delete(PREFIX + "alive:" + self.instance)
             await self._reap(self.instance)
+        await self._cmd.close()  # after the goodbye: it publishes who went offline
         self._sink = None
 
     async def ping(self) -> None:
@@ -191,6 +192,7 @@ class RedisBroker:
             ("append", APPEND_BATCH),
             ("read", READ),
             ("refund", TAKE_REFUND),
+            ("grant", GRANT_REFUND),
             ("trim", TRIM_THROUGH),
             ("forget", FORGET_SIZE),
             ("sweep", SWEEP_SIZES),
@@ -288,12 +290,12 @@ class RedisBroker:
             self._sink.on_bus_lost()
 
     async def publish(self, book_ref: str, control: dict[str, Any]) -> None:
-        await self._r.publish(channel(book_ref), b"c" + orjson.dumps(control))
+        await self._cmd.call(b"PUBLISH", channel(book_ref), b"c" + orjson.dumps(control))
 
     async def listen(self, book_ref: str) -> None:
         assert self._sub is not None
         self._listening.add(book_ref)
-        await self._r.sadd(PREFIX + "books:" + self.instance, book_ref)
+        await self._cmd.call(b"SADD", PREFIX + "books:" + self.instance, book_ref)
         await self._sub.subscribe(channel(book_ref).encode())
 
     async def unlisten(self, book_ref: str) -> None:
@@ -505,13 +507,13 @@ class RedisBroker:
         if not instances:
             return set()
         names = sorted(instances)
-        scores = await self._r.zmscore(INSTANCES, names)
+        scores = await self._cmd.call(b"ZMSCORE", INSTANCES, *names)
         return {i for i, score in zip(names, scores, strict=True) if score is not None}
 
     async def _sockets(self, book_ref: str) -> list[tuple[str, str]]:
         """(device_id, conn_id) of live instances, oldest first. (A dead instance's
         records are removed by whoever reaps it, never here.)"""
-        members = [m.decode() for m in await self._r.zrange(_k(book_ref, "s"), 0, -1)]
+        members = [m.decode() for m in await self._cmd.call(b"ZRANGE", _k(book_ref, "s"), 0, -1)]
         pairs = [tuple(m.split("|", 1)) for m in members]
         alive = await self._alive({conn.split(".", 1)[0] for _, conn in pairs})
         return [(d, c) for d, c in pairs if c.split(".", 1)[0] in alive]
@@ -522,7 +524,7 @@ class RedisBroker:
         member = f"{device_id}|{conn_id}"
         score = time.time()
         self._mine.setdefault(book_ref, {})[member] = score
-        await self._r.zadd(_k(book_ref, "s"), {member: score})
+        await self._cmd.call(b"ZADD", _k(book_ref, "s"), repr(score), member)
         return [c for d, c in await self._sockets(book_ref) if d == device_id]
 
     async def socket_closed(self, book_ref: str, device_id: str, conn_id: str) -> bool:
@@ -533,7 +535,7 @@ class RedisBroker:
             if not mine:
                 del self._mine[book_ref]
         try:
-            await self._r.zrem(_k(book_ref, "s"), member)
+            await self._cmd.call(b"ZREM", _k(book_ref, "s"), member)
         except Exception:
             self._unrecorded.add((book_ref, member))  # the next beat removes it
             raise
@@ -544,10 +546,7 @@ class RedisBroker:
 
     async def refund_connect(self, device_id: str, window_s: int) -> None:
         key = PREFIX + "refund:" + device_id
-        pipe = self._r.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, window_s)
-        await pipe.execute()
+        await self._script("grant", [key], [window_s])
 
     async def take_refund(self, device_id: str) -> bool:
         key = PREFIX + "refund:" + device_id

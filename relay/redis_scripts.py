@@ -397,6 +397,14 @@ return n
 """
 )
 
+# KEYS[1] the device's refund counter; ARGV[1] the connect window in seconds. One call,
+# so a counter never outlives its window (INCR then a lost EXPIRE would keep it).
+GRANT_REFUND = """
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 # KEYS[1] the device's refund counter.
 TAKE_REFUND = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')

@@ -238,7 +238,6 @@ class RelaySocket:
         infra = self.infra
         self.expiries.arm(conn, exp)
         attached = False
-        end: int | None = None
         try:
             try:
                 await self.hub.attach(conn, infra.now())
@@ -254,20 +253,24 @@ class RelaySocket:
                 return
             if conn.wire is not None:
                 conn.wire.read_directly(partial(self._now, conn))
-            end = await self._read_until_finished(receive, conn)
+            await self._read_until_finished(receive, conn)
         finally:
             self.expiries.disarm(conn)
-            if attached:
-                with contextlib.suppress(Exception):
-                    await self.hub.detach(conn)
-            if conn.closed:
-                end = conn.closed[0]
-            await conn.stop()
+            # Refunded: our own closes, and uvicorn's 1012 at shutdown; never a code the
+            # peer chose (a client closing with 1012 would reconnect without limit).
+            shut_down = conn.wire is not None and conn.wire.shut_down
+            end = conn.closed[0] if conn.closed else (1012 if shut_down else None)
+            # The refund first: on SIGTERM every session ends at once, and the server
+            # waits for them only so long (uvicorn's graceful timeout) before it exits.
             if end in REFUNDED_CLOSES:
                 window = infra.limiter.item("RATE_LIMIT_WS_CONNECT")
                 if window is not None:
                     with contextlib.suppress(Exception):
                         await self.broker.refund_connect(conn.device_id, int(window.get_expiry()))
+            if attached:
+                with contextlib.suppress(Exception):
+                    await self.hub.detach(conn)
+            await conn.stop()
 
     async def _read_until_finished(self, receive: Receive, conn: Conn) -> int | None:
         """Read in this task (no task of its own per socket) until the peer leaves, with

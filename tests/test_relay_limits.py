@@ -59,6 +59,19 @@ async def test_connect_limit_4429_and_server_closes_are_refunded(custom: Any) ->
         assert int(reason.rsplit("=", 1)[1]) > 0
 
 
+async def test_a_client_closing_with_1012_itself_is_not_refunded(custom: Any) -> None:
+    """Only the server's closes are refunded: else a client that closes every socket
+    with 1012 would reconnect without limit."""
+    async with custom(limits={"RATE_LIMIT_WS_CONNECT": parse("2/minute")}) as (srv, http, s):
+        book_id, (a,) = await make_book(http, s, 1)
+        for code in (1012, 1013):
+            peer = await open_peer(srv.ws_url, book_id, a)
+            await peer.ws.close(code)
+        await asyncio.sleep(0.2)  # as long as a refund would take to be written
+        refused = await open_peer(srv.ws_url, book_id, a, welcome=False)
+        assert (await refused.closed())[0] == 4429
+
+
 async def test_op_limit_refuses_with_an_error_and_keeps_the_socket(custom: Any) -> None:
     async with custom(limits={"RATE_LIMIT_WS_OPS": parse("5/minute")}) as (srv, http, s):
         book_id, (a,) = await make_book(http, s, 1)

@@ -623,14 +623,18 @@ def main() -> int:
             "For servers without acks, a message counts as acknowledged (for the window of "
             "8) when all 3 other members of its book have received it."
         )
-        if PROFILE_DIR is not None:
-            for prof in sorted(PROFILE_DIR.glob("*.txt")):
-                print("\n".join(spy_top(prof)))
-        if os.environ.get("BENCH_KEEP_TMP"):
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish(tmp, PROFILE_DIR)
     return 0
+
+
+def finish(tmp: Path, profile_dir: Path | None, top: int = 20) -> None:
+    """Print the profiles' summaries, then remove the temporary folder (unless kept)."""
+    for prof in sorted(profile_dir.glob("*.txt")) if profile_dir else []:
+        print("\n".join(spy_top(prof, top)))
+    if os.environ.get("BENCH_KEEP_TMP"):
+        print("kept", tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,11 @@ from bench.run import (
     RELAY_ENV,
     ROOT,
     SERVER_CORE,
+    finish,
     free_port,
     make_devices,
     raise_nofile,
     run_gen,
-    spy_top,
     start_redis,
     stop,
     wait_health,
@@ -290,12 +290,7 @@ def main() -> int:
     finally:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
-        for prof in sorted(PROFILE_DIR.glob("*.txt")) if PROFILE_DIR else []:
-            print("\n".join(spy_top(prof, 25)))
-        if os.environ.get("BENCH_KEEP_TMP"):
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish(tmp, PROFILE_DIR, 25)
     return 0
 
 

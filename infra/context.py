@@ -42,13 +42,12 @@ from infra.ports import (
     NoSnapshots,
     SnapshotIndex,
 )
-from infra.ratelimit import LimitStoreDown, RateLimiter, Verdict, redis_retry
+from infra.ratelimit import REDIS_POOL_SIZE, LimitStoreDown, RateLimiter, Verdict, redis_retry
 from infra.ratelimit import fail_closed as limiter_down
 from infra.settings import ConfigError, Settings, resolve_id_hash_key
 
 log = logging.getLogger("homepocket")
 IP_KEY_PREFIX = "ip:"
-REDIS_POOL_SIZE = 64  # connections per pool of plain commands
 Check = Callable[[], Awaitable[None]]
 
 

@@ -70,7 +70,7 @@ class RateLimiter:
             # open with "Too many connections" (uncounted) past the default pool size.
             self._pool = aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
-                max_connections=64,
+                max_connections=REDIS_POOL_SIZE,
                 timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
@@ -122,6 +122,9 @@ class RateLimiter:
     async def ping(self) -> None:
         if not await self._strategy.storage.check():
             raise LimitStoreDown("ping")
+
+
+REDIS_POOL_SIZE = 64  # connections per blocking pool of plain Redis commands
 
 
 def redis_retry() -> Any:

@@ -1,7 +1,8 @@
 """Rate limits of docs/CONTRACT.md §6 on the `limits` library's async API.
 
 Counters live in Redis when REDIS_URL is set (so every instance shares them) and in
-memory otherwise. Keys are a limit name and a device_id or an `ip_ref`, never a raw IP.
+memory otherwise (infra/ratelimit_memory.py). Keys are a limit name and a device_id
+or an `ip_ref`, never a raw IP.
 A moving window: exact, so "5 failures per 10 minutes" means exactly that.
 """
 
@@ -17,6 +18,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from infra.errors import ApiError
+from infra.ratelimit_memory import MemoryWindows
 from infra.settings import Settings
 
 
@@ -82,7 +84,7 @@ class RateLimiter:
                 connection_pool=self._pool,
             )
         else:
-            self._storage = storage_from_string("async+memory://")
+            self._storage = MemoryWindows()
         self._strategy = MovingWindowRateLimiter(self._storage)
 
     def item(self, name: str) -> RateLimitItem | None:

@@ -166,7 +166,7 @@ async def test_embedded_counts_in_memory_without_redis(
     )
     assert s.redis_url is None
     async with InProcessServer(s) as srv, httpx.AsyncClient(base_url=srv.url) as client:
-        assert type(srv.infra.limiter._storage).__name__ == "MemoryStorage"
+        assert type(srv.infra.limiter._storage).__name__ == "MemoryWindows"
         assert (await register(client, DeviceKey())).status_code == 201
         assert (await register(client, DeviceKey())).status_code == 429
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -353,6 +353,34 @@ class Conn:
                     await task
 
 
+class BookLocks:
+    """One lock per book, held in the dict only while someone holds or waits for it:
+    a book's first socket subscribes and its last unsubscribes in turn, while other
+    books go on (one lock for all made a reconnect storm on Redis subscribe its
+    thousands of books one round trip after another)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, book_ref: str) -> AsyncIterator[None]:
+        entry = self._locks.get(book_ref)
+        if entry is None:
+            entry = self._locks[book_ref] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[book_ref]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class Hub:
     """Sockets of this instance by book; the broker's sink; the app's `LiveChannel`."""
 
@@ -360,7 +388,7 @@ class Hub:
         self.broker = broker
         self.books: dict[str, dict[str, Conn]] = {}
         self._ids = itertools.count(1)
-        self._lock = asyncio.Lock()
+        self._locks = BookLocks()
 
     def new_conn_id(self) -> str:
         return f"{self.broker.instance}.{next(self._ids)}"
@@ -415,7 +443,7 @@ class Hub:
 
     # Sockets of this instance.
     async def attach(self, conn: Conn, now: int) -> None:
-        async with self._lock:
+        async with self._locks.hold(conn.book_ref):
             if conn.book_ref not in self.books:
                 await self.broker.listen(conn.book_ref)
                 self.books[conn.book_ref] = {}
@@ -438,7 +466,7 @@ class Hub:
             raise
 
     async def _drop(self, conn: Conn) -> None:
-        async with self._lock:
+        async with self._locks.hold(conn.book_ref):
             conns = self.books.get(conn.book_ref)
             if conns is not None:
                 if conns.pop(conn.conn_id, None) is not None:

@@ -303,7 +303,7 @@ class RedisBroker:
         self._listening.discard(book_ref)
         await self._sub.unsubscribe(channel(book_ref).encode())
         self._forget(book_ref)
-        await self._r.srem(PREFIX + "books:" + self.instance, book_ref)
+        await self._cmd.call(b"SREM", PREFIX + "books:" + self.instance, book_ref)
 
     # Backlog.
     async def append(self, book_ref: str, op: NewOp) -> Appended:

@@ -37,8 +37,8 @@ class Authenticator:
         self.max_lifetime_s = max_lifetime_s
 
     async def authenticate(self, authorization: str | None) -> Caller:
-        token = tokens.bearer(authorization)
-        claims = tokens.read_unverified(token)
+        token = tokens.parse(tokens.bearer(authorization))
+        claims = token.claims
         if not DEVICE_ID.fullmatch(claims.sub):
             raise invalid_token("invalid")
         device = await self.members.lookup(claims.sub)
@@ -46,7 +46,7 @@ class Authenticator:
             # Shape and time errors first, so a client learns what to fix.
             tokens.check_times(claims, self.clock.now(), self.max_lifetime_s)
             raise invalid_token("unknown_device")
-        verified = tokens.verify(
+        verified = tokens.check(
             token, base64.b64decode(device.public_key), self.clock.now(), self.max_lifetime_s
         )
         return Caller(device=device, claims=verified)

@@ -165,6 +165,10 @@ def setup_logging(level: str = "INFO", stream: Any = None) -> logging.Handler:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
     # uvicorn's access log prints raw paths (with book ids) and client addresses.
     logging.getLogger("uvicorn.access").disabled = True
+    # Per-socket lines (infra/serving.py): uvicorn's at DEBUG only, the library's never.
+    debug = logging.getLevelName(level) <= logging.DEBUG
+    logging.getLogger("homepocket.websocket").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("homepocket.websocket.library").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True

@@ -28,6 +28,7 @@ for as long as the peer likes).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,13 @@ except ImportError:  # a build without the C extension
     from websockets.utils import apply_mask
 
 DIRECT = "homepocket.direct"
+# uvicorn logs each socket's accept (or refusal) and `websockets` its open and close at
+# INFO: two or three lines per connection, formatted and scrubbed (infra/logs.py) at 13%
+# of a handshake's CPU. Like an access log, which the server does not keep, they are
+# shown only at LOG_LEVEL=DEBUG; warnings and errors as before. `websockets`' own lines
+# never (at DEBUG they would quote frames).
+SOCKET_LOG = logging.getLogger("homepocket.websocket")
+LIBRARY_LOG = logging.getLogger("homepocket.websocket.library")
 OPCODE_TEXT = int(Opcode.TEXT)
 HEADER_TIMEOUT_S = 10.0
 # uvicorn's protocol reads these only until the accept is sent.
@@ -192,6 +200,9 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger = SOCKET_LOG
+        self.conn.logger = LIBRARY_LOG
+        self.conn.debug = False
         self.queue: Inbox = Inbox()  # type: ignore[assignment]
         self.writable: Flag = Flag()  # type: ignore[assignment]
 

@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from starlette.datastructures import Secret
 
 from infra.app import default_capabilities
 from infra.ids import IdHasher
 from infra.logs import JsonFormatter, RedactingFilter
-from tests.conftest import fresh_settings
+from tests.conftest import fresh_settings, make_settings
 from tests.privacy.support import (
     add_public_keys,
     assert_clean,
@@ -29,7 +30,8 @@ from tests.privacy.support import (
     register,
 )
 from tests.support.keys import DeviceKey
-from tests.support.services import InProcessServer, ServerProcess
+from tests.support.relay import make_book, open_peer
+from tests.support.services import ID_HASH_KEY, InProcessServer, ServerProcess, free_port
 
 TOKEN = DeviceKey().token("3f1c2a9e-7b4d-4e8f-9a1b-2c3d4e5f6a7b")
 BOOK_ID = "3f1c2a9e-7b4d-4e8f-9a1b-2c3d4e5f6a7b"
@@ -230,3 +232,31 @@ async def test_a_real_server_process_writes_only_clean_json_lines(tmp_path: Path
     assert not {name for name in chatty if not name.startswith("homepocket")}, chatty
     for secret in (book_id, forged, "198.51.100.23", "127.0.0.1", device.public_b64):
         assert secret not in text, secret
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+async def test_socket_lines_only_at_debug_and_scrubbed(
+    tmp_path: Path, request: pytest.FixtureRequest, level: str
+) -> None:
+    """uvicorn's line for each accepted socket is an access-log line: none at INFO (a
+    reconnect storm would write thousands), at DEBUG scrubbed; the `websockets`
+    library's own per-connection lines never."""
+    env = {"ID_HASH_KEY": ID_HASH_KEY, "RATE_LIMIT_WS_CONNECT": "off", "LOG_LEVEL": level}
+    server = ServerProcess(env, tmp_path / "data", port=free_port()).start()
+    settings = make_settings("embedded", tmp_path, request, id_hash_key=Secret(ID_HASH_KEY))
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            book_id, (device,) = await make_book(http, settings, 1)
+            peer = await open_peer(server.ws_url, book_id, device, since=0)
+            await peer.ws.close()
+    finally:
+        server.stop()
+    text = server.log()
+    socket_lines = [line for line in text.splitlines() if "WebSocket" in line]
+    assert "connection open" not in text and "connection closed" not in text
+    if level == "INFO":
+        assert socket_lines == []
+    else:
+        assert len(socket_lines) == 1 and "[accepted]" in socket_lines[0]
+        assert "/ws/relay/{book_id}?[query]" in socket_lines[0]
+        assert book_id not in text and "127.0.0.1" not in text

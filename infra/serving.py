@@ -368,6 +368,10 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "access_log": False,
         "log_config": None,
         "timeout_graceful_shutdown": 5,
+        # After a restart every phone reconnects at once; a connect the kernel's accept
+        # queue has no room for is dropped and retried by TCP 1 s, 3 s, 7 s later. The
+        # kernel caps this at net.core.somaxconn (4096 by default; docs/DEPLOY.md).
+        "backlog": 16384,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

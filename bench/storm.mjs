@@ -195,8 +195,9 @@ function loadDevices () {
 let devices = []
 let storm = null
 let stormResolve = null
+let waiting = 0 // stormy devices not back yet
 function stormDone () {
-  if (storm && devices.filter((d) => d.stormy).every((d) => d.back !== null)) stormResolve()
+  if (storm && --waiting === 0) stormResolve()
 }
 
 async function main () {
@@ -220,6 +221,7 @@ async function main () {
   }
   // The devices that will lose their socket: all, or one instance's half when rolling.
   for (const d of devices) d.stormy = !cfg.move || d.urlIndex === 0
+  waiting = devices.filter((d) => d.stormy).length
   storm = new Promise((resolve) => { stormResolve = resolve })
   armed = true
   process.stdout.write(JSON.stringify({ phase: 'live', connect_s: connectS }) + '\n')
@@ -253,6 +255,7 @@ async function main () {
     first_welcome_ms: welcomes[0] || null,
     welcomes: welcomes.length,
     peak_welcomes_per_s: Math.max(0, ...perSecond.values()),
+    welcomes_by_second: Array.from({ length: Math.max(0, ...perSecond.keys()) + 1 }, (_, i) => perSecond.get(i) || 0),
     refusals: Object.fromEntries(refusals),
     closes: Object.fromEntries(closes),
     attempts_mean: attempts.reduce((a, b) => a + b, 0) / attempts.length,

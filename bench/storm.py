@@ -17,6 +17,7 @@ Usage: .venv/bin/python bench/storm.py [--devices 10000] [--cases relay,relay-pg
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import secrets
@@ -56,6 +57,7 @@ STORM_ENV = {k: v for k, v in RELAY_ENV.items() if k != "RATE_LIMIT_WS_CONNECT"}
 TIMEOUT_S = 120
 SPY_S = 20
 PROFILE_DIR: Path | None = None
+REUSE: Path | None = None
 
 
 def now_ms() -> float:
@@ -96,7 +98,21 @@ def relay_env(redis_port: int | None, db_url: str | None, hash_key: str) -> dict
 
 
 def prepare(n: int, tmp: Path, log: Path, env: dict[str, str], data_dir: Path) -> Path:
-    """Register n devices over HTTP (books of 4) and make them members, on this store."""
+    """Register n devices over HTTP (books of 4) and make them members, on this store.
+    Embedded, with --reuse: from a copy of the store a first run registered."""
+    embedded = "DATABASE_URL" not in env
+    kept = REUSE / f"relay-{n}" if REUSE is not None and embedded else None
+    if kept is not None and (kept / "devices.json").exists():
+        shutil.copytree(kept / "data", data_dir)
+        return kept / "devices.json"
+    devices_file = prepare_new(n, tmp, log, env, data_dir)
+    if kept is not None:
+        shutil.copytree(data_dir, kept / "data")
+        shutil.copy(devices_file, kept / "devices.json")
+    return devices_file
+
+
+def prepare_new(n: int, tmp: Path, log: Path, env: dict[str, str], data_dir: Path) -> Path:
     devices_file = tmp / f"devices-{n}.json"
     if not devices_file.exists():
         devices_file.write_text(json.dumps(make_devices(n)))
@@ -129,6 +145,15 @@ def redis_refunds(port: int) -> int:
         check=True,
     )
     return len(out.stdout.split())
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connects dropped for a full accept queue (all sockets)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    for names, values in itertools.pairwise(lines):
+        if names[0] == "TcpExt:" and values[0] == "TcpExt:" and "ListenOverflows" in names:
+            return int(values[names.index("ListenOverflows")])
+    return 0
 
 
 def storm(
@@ -169,6 +194,7 @@ def storm(
         live = json.loads(gen.stdout.readline() or '{"error": "generator ended"}')
         if "error" in live:
             return live
+        overflows = listen_overflows()
         sigterm = now_ms()
         procs[0].send_signal(signal.SIGTERM)
         procs[0].wait(60)
@@ -185,6 +211,7 @@ def storm(
         if spy is not None:
             spy.wait(SPY_S + 30)
         out.update(result)
+        out["listen_overflows"] = listen_overflows() - overflows
         out.update(connect_s=live.get("connect_s"), shutdown_s=(exited - sigterm) / 1000)
         out["ready_s"] = (ready - sigterm) / 1000
         if result.get("last_back_ms"):
@@ -193,6 +220,7 @@ def storm(
             first = result.get("first_welcome_ms") or result["last_back_ms"]
             span = (result["last_back_ms"] - first) / 1000
             out["handshakes_per_s"] = result["welcomes"] / span if span > 0 else None
+            out["first_welcome_s"] = (first - sigterm) / 1000
     finally:
         if gen.poll() is None:
             gen.kill()
@@ -244,9 +272,12 @@ def fmt(res: dict[str, Any]) -> str:
         f"{res.get('from_ready_s', float('nan')):.2f} s after ready",
         f"shutdown {res['shutdown_s']:.2f} s, ready {res['ready_s']:.2f} s",
         f"handshakes/s {res.get('handshakes_per_s') or 0:.0f}"
-        f" (peak {res.get('peak_welcomes_per_s')} in one second)",
+        f" (peak {res.get('peak_welcomes_per_s')} in one second; first welcome"
+        f" {res.get('first_welcome_s', float('nan')):.2f} s after SIGTERM, then by second"
+        f" {res.get('welcomes_by_second')})",
         f"attempts mean {res.get('attempts_mean', 0):.2f} max {res.get('attempts_max')}",
-        f"refusals {res.get('refusals')}",
+        f"refusals {res.get('refusals')}, connects dropped by a full accept queue"
+        f" {res.get('listen_overflows')}",
         f"closes {res.get('closes')}",
     ]
     if res.get("kind") == "relay":
@@ -266,8 +297,15 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the server (perturbs)")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="DIR",
+        help="embedded case: keep the registered devices here, start from them next time",
+    )
     args = ap.parse_args()
-    global PROFILE_DIR
+    global PROFILE_DIR, REUSE
+    REUSE = args.reuse
     if args.py_spy:
         args.py_spy.mkdir(parents=True, exist_ok=True)
         PROFILE_DIR = args.py_spy

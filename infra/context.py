@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -176,14 +177,22 @@ class Infra:
 
 
 async def count_call(
-    infra: Infra, name: str, key: str, *, fail_closed: bool, origin: Origin | None = None
+    infra: Infra,
+    name: str,
+    key: str,
+    *,
+    fail_closed: bool,
+    origin: Origin | None = None,
+    counts: bool = True,
 ) -> Verdict | None:
     """Count one call against a limit. When the store is down: 503 where the contract
     fails closed (registration, pairing), else let the call through.
 
     `key` is a device_id or `infra.ip_key(conn)`; pass `origin` so that a refusal's
-    audit event carries the blurred `ip_ref`."""
-    return await _ask(infra, infra.limiter.hit, name, key, fail_closed, origin)
+    audit event carries the blurred `ip_ref`. `counts=False` skips reading the window
+    for an allowed call (no rate-limit headers to send: a socket's handshake)."""
+    hit = infra.limiter.hit if counts else partial(infra.limiter.hit, counts=False)
+    return await _ask(infra, hit, name, key, fail_closed, origin)
 
 
 async def check_call(

@@ -30,11 +30,12 @@ class LimitStoreDown(Exception):
 class Verdict:
     allowed: bool
     limit: int
-    remaining: int
-    reset_at: float
+    remaining: int | None  # None: not read (an allowed call that needs no headers)
+    reset_at: float | None
     window_s: int
 
     def headers(self) -> dict[str, str]:
+        assert self.remaining is not None and self.reset_at is not None, "counts not read"
         retry = max(1, math.ceil(self.reset_at - time.time()))
         out = {
             "X-RateLimit-Limit": str(self.limit),
@@ -46,6 +47,7 @@ class Verdict:
         return out
 
     def error(self) -> ApiError:
+        assert self.reset_at is not None, "a refusal's counts are always read"
         retry = max(1, math.ceil(self.reset_at - time.time()))
         return ApiError(
             "RATE_LIMIT_EXCEEDED",
@@ -90,13 +92,19 @@ class RateLimiter:
     def item(self, name: str) -> RateLimitItem | None:
         return self._settings.rate_limit(name)
 
-    async def hit(self, name: str, key: str, cost: int = 1) -> Verdict | None:
-        """Count one call; None when this limit is off."""
+    async def hit(
+        self, name: str, key: str, cost: int = 1, *, counts: bool = True
+    ) -> Verdict | None:
+        """Count one call; None when this limit is off. `counts=False`: the window's
+        counts (a second round trip) are read only for a refusal, whose error needs
+        them; an allowed call's Verdict then has no `remaining` for headers."""
         item = self.item(name)
         if item is None:
             return None
         try:
             allowed = await self._strategy.hit(item, name, key, cost=cost)
+            if allowed and not counts:
+                return Verdict(True, item.amount, None, None, _window_s(item))
             stats = await self._strategy.get_window_stats(item, name, key)
         except Exception as exc:  # redis errors differ by driver; all mean "down"
             raise LimitStoreDown(name) from exc

@@ -296,7 +296,8 @@ async def _inflight(infra: Infra, store: PairingStore, keys: list[str]) -> Async
                 verdict = await infra.limiter.test(VERIFY_LIMIT, key)
             except LimitStoreDown:
                 raise limiter_down() from None
-            if verdict is not None and in_flight > verdict.remaining:
+            remaining = verdict.remaining if verdict is not None else None
+            if verdict is not None and remaining is not None and in_flight > remaining:
                 enforce(dataclasses.replace(verdict, allowed=False), VERIFY_LIMIT)
         yield
     finally:

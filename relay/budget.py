@@ -49,9 +49,9 @@ class OpBudget:
         if self.spend_now():
             return None
         try:
-            verdict = await self.limiter.hit(NAME, self.device_id, cost=self.block)
+            verdict = await self.limiter.hit(NAME, self.device_id, cost=self.block, counts=False)
             if verdict is not None and not verdict.allowed and self.block > 1:
-                verdict = await self.limiter.hit(NAME, self.device_id, cost=1)
+                verdict = await self.limiter.hit(NAME, self.device_id, cost=1, counts=False)
                 if verdict is not None and verdict.allowed:
                     return None
             elif verdict is not None and verdict.allowed:

@@ -191,7 +191,7 @@ class RelaySocket:
             await self._refuse(ws, exc, TOKEN_EXPIRED)
         if not await self._refunded(caller.device_id):
             verdict = await count_call(
-                infra, "RATE_LIMIT_WS_CONNECT", caller.device_id, fail_closed=False
+                infra, "RATE_LIMIT_WS_CONNECT", caller.device_id, fail_closed=False, counts=False
             )
             if verdict is not None and not verdict.allowed:
                 retry = verdict.error().details["retry_after"]

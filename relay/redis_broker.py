@@ -49,6 +49,7 @@ from relay.redis_scripts import (
     FORGET_SIZE,
     GRANT_REFUND,
     READ,
+    SOCKETS,
     SWEEP_SIZES,
     TAKE_REFUND,
     TRIM_THROUGH,
@@ -193,6 +194,7 @@ class RedisBroker:
             ("read", READ),
             ("refund", TAKE_REFUND),
             ("grant", GRANT_REFUND),
+            ("sockets", SOCKETS),
             ("trim", TRIM_THROUGH),
             ("forget", FORGET_SIZE),
             ("sweep", SWEEP_SIZES),
@@ -501,22 +503,14 @@ class RedisBroker:
     # remembered here too, so that an instance that finds its records gone (reaped by a
     # peer while Redis stalled or it was cut off, or lost with Redis's data) writes them
     # again on its next beat.
-    async def _alive(self, instances: set[str]) -> set[str]:
-        """Instances not reaped: a live instance is never counted out just because its
-        heartbeat key lapsed during a stall of Redis itself."""
-        if not instances:
-            return set()
-        names = sorted(instances)
-        scores = await self._cmd.call(b"ZMSCORE", INSTANCES, *names)
-        return {i for i, score in zip(names, scores, strict=True) if score is not None}
-
-    async def _sockets(self, book_ref: str) -> list[tuple[str, str]]:
-        """(device_id, conn_id) of live instances, oldest first. (A dead instance's
-        records are removed by whoever reaps it, never here.)"""
-        members = [m.decode() for m in await self._cmd.call(b"ZRANGE", _k(book_ref, "s"), 0, -1)]
-        pairs = [tuple(m.split("|", 1)) for m in members]
-        alive = await self._alive({conn.split(".", 1)[0] for _, conn in pairs})
-        return [(d, c) for d, c in pairs if c.split(".", 1)[0] in alive]
+    async def _sockets(self, book_ref: str, *change: str) -> list[tuple[str, str]]:
+        """(device_id, conn_id) of instances not reaped, oldest first, after `change`
+        (an add or a remove; redis_scripts.SOCKETS), in one round trip. A live instance
+        is never counted out because its heartbeat key lapsed during a stall of Redis
+        itself; a dead instance's records are removed by whoever reaps it, never here."""
+        args = list(change) if change else ["read"]
+        members = await self._script("sockets", [_k(book_ref, "s"), INSTANCES], args)
+        return [tuple(m.decode().split("|", 1)) for m in members]
 
     async def socket_opened(
         self, book_ref: str, device_id: str, conn_id: str, now: int
@@ -524,8 +518,8 @@ class RedisBroker:
         member = f"{device_id}|{conn_id}"
         score = time.time()
         self._mine.setdefault(book_ref, {})[member] = score
-        await self._cmd.call(b"ZADD", _k(book_ref, "s"), repr(score), member)
-        return [c for d, c in await self._sockets(book_ref) if d == device_id]
+        opened = await self._sockets(book_ref, "add", member, repr(score))
+        return [c for d, c in opened if d == device_id]
 
     async def socket_closed(self, book_ref: str, device_id: str, conn_id: str) -> bool:
         member = f"{device_id}|{conn_id}"
@@ -535,11 +529,11 @@ class RedisBroker:
             if not mine:
                 del self._mine[book_ref]
         try:
-            await self._cmd.call(b"ZREM", _k(book_ref, "s"), member)
+            left = await self._sockets(book_ref, "remove", member)
         except Exception:
             self._unrecorded.add((book_ref, member))  # the next beat removes it
             raise
-        return any(d == device_id for d, _ in await self._sockets(book_ref))
+        return any(d == device_id for d, _ in left)
 
     async def online(self, book_ref: str) -> set[str]:
         return {d for d, _ in await self._sockets(book_ref)}

@@ -405,6 +405,31 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+# A book's sockets, as one round trip: KEYS[1] its socket set (device|conn members,
+# scored by open time), KEYS[2] the instances; ARGV[1] "add" (ARGV[2] the member,
+# ARGV[3] its score), "remove" (ARGV[2]) or "read". Returns the members whose
+# instance is not reaped, oldest first (a conn id is its instance, ".", a number).
+SOCKETS = """
+if ARGV[1] == 'add' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+elseif ARGV[1] == 'remove' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
+local out, alive = {}, {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local instance = string.match(m, '|([^.|]*)%.')
+  if instance ~= nil then
+    if alive[instance] == nil then
+      alive[instance] = redis.call('ZSCORE', KEYS[2], instance) ~= false
+    end
+    if alive[instance] then
+      out[#out + 1] = m
+    end
+  end
+end
+return out
+"""
+
 # KEYS[1] the device's refund counter.
 TAKE_REFUND = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from infra.settings import ConfigError, Settings, resolve_id_hash_key
 
@@ -132,8 +132,28 @@ def _serve(settings: Settings) -> int:
     try:
         server.run()
     except SystemExit as done:
-        return int(done.code or 0)
-    return 0 if server.started else 1
+        code = int(done.code or 0)
+    else:
+        code = 0 if server.started else 1
+    if server.started:
+        _leave(code, flush_sentry=settings.sentry_dsn is not None)
+    return code
+
+
+def _leave(code: int, flush_sentry: bool) -> NoReturn:
+    """Exit once the server has stopped and closed its stores, without the interpreter's
+    teardown: after serving 10,000 sockets it took 0.7 s, while every phone waited for
+    the restart to reconnect. What atexit would have done that matters is done here."""
+    import logging
+
+    if flush_sentry:
+        import sentry_sdk
+
+        sentry_sdk.flush(timeout=2.0)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -51,6 +51,8 @@ def test_serve_embedded_registers_a_device(tmp_path: Path) -> None:
     log = server.log()
     assert "Traceback" not in log
     assert '"route":"/api/v1/devices"' in log
+    # It leaves without the interpreter's teardown, but only once all is written.
+    assert "Finished server process" in log.splitlines()[-1]
 
 
 def test_serve_on_postgres_and_redis(tmp_path: Path, pg_url: str, redis_url: str) -> None:

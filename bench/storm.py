@@ -147,6 +147,12 @@ def redis_refunds(port: int) -> int:
     return len(out.stdout.split())
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def listen_overflows() -> int:
     """The kernel's count of connects dropped for a full accept queue (all sockets)."""
     lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
@@ -207,6 +213,7 @@ def storm(
         ready = now_ms()
         spy = spy_on(procs[-1].pid, kind, rolling, redis_port)
         result = json.loads(gen.stdout.readline() or '{"error": "no result"}')
+        out["server_cpu_s"] = cpu_seconds(procs[-1].pid)  # start to all back (and the check)
         gen.wait(30)
         if spy is not None:
             spy.wait(SPY_S + 30)
@@ -270,7 +277,8 @@ def fmt(res: dict[str, Any]) -> str:
         f"back {res.get('back')}/{res.get('moved')}",
         f"all back {res.get('all_back_s', float('nan')):.2f} s after SIGTERM",
         f"{res.get('from_ready_s', float('nan')):.2f} s after ready",
-        f"shutdown {res['shutdown_s']:.2f} s, ready {res['ready_s']:.2f} s",
+        f"shutdown {res['shutdown_s']:.2f} s, ready {res['ready_s']:.2f} s; the server"
+        f" taking the storm used {res.get('server_cpu_s', float('nan')):.1f} CPU-s",
         f"handshakes/s {res.get('handshakes_per_s') or 0:.0f}"
         f" (peak {res.get('peak_welcomes_per_s')} in one second; first welcome"
         f" {res.get('first_welcome_s', float('nan')):.2f} s after SIGTERM, then by second"

@@ -588,25 +588,13 @@ def main() -> int:
     )
     args = ap.parse_args()
     global PROFILE_DIR
-    if args.py_spy:
-        args.py_spy.mkdir(parents=True, exist_ok=True)
-        PROFILE_DIR = args.py_spy
-    if shutil.which("taskset") is None or shutil.which("node") is None:
-        print("needs taskset and node", file=sys.stderr)
+    PROFILE_DIR = args.py_spy
+    tmp = start(PROFILE_DIR, "hp-bench-")
+    if tmp is None:
         return 2
-    if not (HERE / "node_modules" / "ws").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=str(HERE), check=True)
-    print(
-        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "|",
-        raise_nofile(),
-        "|",
-        f"servers on core {SERVER_CORE}, generator and redis-server on core {GEN_CORE}",
-    )
     servers = args.servers.split(",")
     chosen = workloads(args.quick)
     all_results: dict[str, list[dict[str, dict[str, Any]]]] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="hp-bench-"))
     log = tmp / "servers.log"
     try:
         for name in args.workloads.split(","):
@@ -625,6 +613,27 @@ def main() -> int:
         )
         finish(tmp, PROFILE_DIR)
     return 0
+
+
+def start(profile_dir: Path | None, prefix: str) -> Path | None:
+    """What every bench script does first: check the tools, install the Node packages
+    on first use, make the profile folder, print the header; the temporary folder, or
+    None when a tool is missing."""
+    if shutil.which("taskset") is None or shutil.which("node") is None:
+        print("needs taskset and node", file=sys.stderr)
+        return None
+    if not (HERE / "node_modules" / "ws").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=str(HERE), check=True)
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "|",
+        raise_nofile(),
+        "|",
+        f"servers on core {SERVER_CORE}, generator and redis-server on core {GEN_CORE}",
+    )
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def finish(tmp: Path, profile_dir: Path | None, top: int = 20) -> None:

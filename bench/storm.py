@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,8 @@ from bench.run import (
     finish,
     free_port,
     make_devices,
-    raise_nofile,
     run_gen,
+    start,
     start_redis,
     stop,
     wait_health,
@@ -314,14 +313,10 @@ def main() -> int:
     args = ap.parse_args()
     global PROFILE_DIR, REUSE
     REUSE = args.reuse
-    if args.py_spy:
-        args.py_spy.mkdir(parents=True, exist_ok=True)
-        PROFILE_DIR = args.py_spy
-    if shutil.which("taskset") is None or shutil.which("node") is None:
-        print("needs taskset and node", file=sys.stderr)
+    PROFILE_DIR = args.py_spy
+    tmp = start(PROFILE_DIR, "hp-storm-")
+    if tmp is None:
         return 2
-    print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "|", raise_nofile())
-    tmp = Path(tempfile.mkdtemp(prefix="hp-storm-"))
     log = tmp / "servers.log"
     results: dict[str, Any] = {}
     try:

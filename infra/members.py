@@ -7,6 +7,7 @@ Books are known only by `book_ref`. A device belongs to at most one book, as a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,21 +91,16 @@ class Members:
                 f"SELECT {_COLUMNS} FROM devices WHERE device_id IN ({marks})", *wanted
             )
         except asyncio.CancelledError:
-            for futures in wanted.values():
-                for future in futures:
-                    future.cancel()
+            for _, future in _waiting(wanted):
+                future.cancel()
             raise
         except Exception as exc:  # every waiter gets the store's failure
-            for futures in wanted.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
+            for _, future in _waiting(wanted):
+                future.set_exception(exc)
             return
         found = {row["device_id"]: Device.from_row(row) for row in rows}
-        for device_id, futures in wanted.items():
-            for future in futures:
-                if not future.done():
-                    future.set_result(found.get(device_id))
+        for device_id, future in _waiting(wanted):
+            future.set_result(found.get(device_id))
 
     async def book_exists(self, book_ref: str, q: Queries | None = None) -> bool:
         row = await (q or self.db).fetchrow(
@@ -267,3 +263,13 @@ def public_device(device: Device, current_id: str, online: set[str]) -> dict[str
         "is_current": device.device_id == current_id,
         "online": device.device_id in online,
     }
+
+
+def _waiting(
+    wanted: dict[str, list[asyncio.Future[Device | None]]],
+) -> Iterator[tuple[str, asyncio.Future[Device | None]]]:
+    """The waiters of a lookup batch not answered yet, with the device id they asked for."""
+    for device_id, futures in wanted.items():
+        for future in futures:
+            if not future.done():
+                yield device_id, future

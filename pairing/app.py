@@ -296,8 +296,7 @@ async def _inflight(infra: Infra, store: PairingStore, keys: list[str]) -> Async
                 verdict = await infra.limiter.test(VERIFY_LIMIT, key)
             except LimitStoreDown:
                 raise limiter_down() from None
-            remaining = verdict.remaining if verdict is not None else None
-            if verdict is not None and remaining is not None and in_flight > remaining:
+            if verdict is not None and in_flight > (verdict.remaining or 0):
                 enforce(dataclasses.replace(verdict, allowed=False), VERIFY_LIMIT)
         yield
     finally:

@@ -272,21 +272,19 @@ class RelaySocket:
                     await self.hub.detach(conn)
             await conn.stop()
 
-    async def _read_until_finished(self, receive: Receive, conn: Conn) -> int | None:
-        """Read in this task (no task of its own per socket) until the peer leaves, with
-        its close code, or the connection finishes: closed or failed, `Conn.finish`
-        cancels this read, and only that cancellation is absorbed here (a server stopping
-        still cancels the session)."""
+    async def _read_until_finished(self, receive: Receive, conn: Conn) -> None:
+        """Read in this task (no task of its own per socket) until the peer leaves or the
+        connection finishes: closed or failed, `Conn.finish` cancels this read, and only
+        that cancellation is absorbed here (a server stopping still cancels the session)."""
         task = asyncio.current_task()
         assert task is not None
         if conn.finished:
-            return None
+            return
         conn.reader = task
         try:
-            end = await self._read(receive, conn)
+            await self._read(receive, conn)
             if conn.reader is None:  # finished meanwhile: take delivery of its cancel here
                 await asyncio.sleep(0)
-            return end
         except asyncio.CancelledError:
             if conn.reader is not None or task.uncancel() > 0:
                 raise
@@ -294,7 +292,6 @@ class RelaySocket:
             log.warning("relay socket failed", extra={"error_type": type(exc).__name__})
         finally:
             conn.reader = None
-        return None
 
     async def _welcome(self, conn: Conn, book_id: str) -> Head:
         now = self.infra.now()
@@ -350,19 +347,18 @@ class RelaySocket:
         conn.push(dumps({"type": "sync_complete", "latest_seq": latest_seq}))
         conn.release()
 
-    async def _read(self, receive: Receive, conn: Conn) -> int | None:
-        """Handle the peer's frames until it leaves (its close code) or the socket closes."""
+    async def _read(self, receive: Receive, conn: Conn) -> None:
+        """Handle the peer's frames until it leaves or the socket closes."""
         while conn.closed is None:
             conn.busy = False
             message = await receive()
             conn.busy = True  # ops parsed meanwhile wait their turn (see `_now`)
             if message["type"] == "websocket.disconnect":
-                code: int | None = message.get("code")
-                return code
+                return
             text = message.get("text")
             if text is None or len(text) > self.frame_limit:
                 conn.close(*MALFORMED) if text is None else conn.close(1009, "PAYLOAD_TOO_LARGE")
-                return None
+                return
             if conn.budget is None:  # made on the first message: idle sockets need none
                 conn.budget = OpBudget(self.infra.limiter, conn.device_id)
             # One message per frame is the common case: no split, no copy.
@@ -375,11 +371,10 @@ class RelaySocket:
                     msg = None
                 if not isinstance(msg, dict):
                     conn.close(*MALFORMED)
-                    return None
+                    return
                 await self._handle(msg, conn, conn.budget)
                 if conn.closed is not None:
-                    return None
-        return None
+                    return
 
     async def _handle(self, msg: dict[str, Any], conn: Conn, budget: OpBudget) -> None:
         kind = msg.get("type")

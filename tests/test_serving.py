@@ -68,6 +68,23 @@ def handshake() -> bytes:
     return b"".join(client.data_to_send())
 
 
+async def opened(
+    app: Any, protocol: type[WebSocketsSansIOProtocol], **options: Any
+) -> tuple[Any, Transport, ServerState]:
+    """One connection of `protocol` driven by hand: the handshake in, the app's first
+    turns run (its accept, if it accepts, written)."""
+    config = uvicorn.Config(app, ws=protocol, ws_ping_interval=None, log_config=None, **options)
+    config.load()
+    state = ServerState()
+    server = protocol(config, state, {}, asyncio.get_running_loop())
+    transport = Transport(lambda: server.connection_lost(None))
+    server.connection_made(transport)
+    server.data_received(handshake())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return server, transport, state
+
+
 async def serve(protocol: type[WebSocketsSansIOProtocol], chunks: list[bytes], direct: bool) -> Any:
     """What an app got and what the server wrote, fed `chunks` after the handshake."""
     texts: list[str] = []
@@ -94,17 +111,7 @@ async def serve(protocol: type[WebSocketsSansIOProtocol], chunks: list[bytes], d
             else:
                 others.append(("bytes", message["bytes"]))
 
-    config = uvicorn.Config(
-        app, ws=protocol, ws_max_size=LIMIT, ws_ping_interval=None, log_config=None
-    )
-    config.load()
-    state = ServerState()
-    server = protocol(config, state, {}, asyncio.get_running_loop())
-    transport = Transport(lambda: server.connection_lost(None))
-    server.connection_made(transport)
-    server.data_received(handshake())
-    for _ in range(5):
-        await asyncio.sleep(0)
+    server, transport, state = await opened(app, protocol, ws_max_size=LIMIT)
     transport.written.clear()  # the 101 response carries a date: compare what follows
     for chunk in chunks:
         if transport.closing:
@@ -258,15 +265,7 @@ def test_an_accepted_socket_keeps_no_handshake_and_waits_while_unwritable() -> N
                 requests.append(weakref.ref(event))
                 super().handle_connect(event)
 
-        config = uvicorn.Config(app, ws=Watched, ws_ping_interval=None, log_config=None)
-        config.load()
-        state = ServerState()
-        server = Watched(config, state, {}, asyncio.get_running_loop())
-        transport = Transport(lambda: server.connection_lost(None))
-        server.connection_made(transport)
-        server.data_received(handshake())
-        for _ in range(5):
-            await asyncio.sleep(0)
+        server, transport, _ = await opened(app, Watched)
         gc.collect()
         kept = requests[0]() is not None or hasattr(server, "response")
         transport.written.clear()

@@ -16,13 +16,16 @@ It also keeps an idle socket small (a relay socket held 24 KB, now 10.7 KB;
 relay/README.md "What an idle socket costs"): its receive queue and `writable` flag
 hold no deques, and what only the handshake reads is let go at the accept.
 
-Everything else (handshake, close, ping/pong, size limits, backpressure) is uvicorn's.
-An app that ignores the extension gets plain ASGI.
+Everything else (close, ping/pong, size limits, backpressure) is uvicorn's, and the
+handshake's checks are the library's. An app that ignores the extension gets plain ASGI.
 
-`HeaderTimeoutHttp` is uvicorn's httptools protocol with one addition: a connection
-whose request headers are not complete within HEADER_TIMEOUT_S is closed (uvicorn has
-no such timeout: half-sent requests, upgrades included, would hold a descriptor each
-for as long as the peer likes).
+`HeaderTimeoutHttp` is uvicorn's httptools protocol with two additions:
+
+- a connection whose request headers are not complete within HEADER_TIMEOUT_S is closed
+  (uvicorn has no such timeout: half-sent requests, upgrades included, would hold a
+  descriptor each for as long as the peer likes);
+- an upgrade reaches `DirectWebSocket` as httptools parsed it, checked as the library
+  checks it (infra/upgrade.py), not written out for the library to parse again.
 """
 
 from __future__ import annotations
@@ -31,14 +34,18 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Opcode
+from websockets.http11 import Request
 from websockets.protocol import Protocol, State
 
 from infra.settings import Settings
+from infra.upgrade import Refusal, handshake_request, refusal_response, switching_protocols
 
 try:
     from websockets.speedups import apply_mask
@@ -57,6 +64,7 @@ OPCODE_TEXT = int(Opcode.TEXT)
 HEADER_TIMEOUT_S = 10.0
 # uvicorn's protocol reads these only until the accept is sent.
 HANDSHAKE_ONLY = (
+    "_upgrade",
     "request",
     "response",
     "scope",
@@ -104,6 +112,29 @@ class HeaderTimeoutHttp(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def handle_websocket_upgrade(self) -> None:
+        """To `DirectWebSocket` the request as httptools parsed it (infra/upgrade.py),
+        where uvicorn writes it out for the library to parse again."""
+        protocol_class = self.ws_protocol_class
+        if not (isinstance(protocol_class, type) and issubclass(protocol_class, DirectWebSocket)):
+            super().handle_websocket_upgrade()
+            return
+        try:
+            request, headers = handshake_request(
+                self.scope["method"], self.url, self.parser.get_http_version(), self.headers
+            )
+        except Refusal as refusal:
+            self.transport.write(refusal_response(refusal, self.server_state.default_headers))
+            self.transport.close()
+            return
+        self.connections.discard(self)
+        protocol = protocol_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        protocol.upgrade(request, headers)
+        self.transport.set_protocol(protocol)
 
 
 def frame_limit(max_op_bytes: int) -> int:
@@ -217,6 +248,85 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
         return message
+
+    # The direct upgrade (HeaderTimeoutHttp): what the 101 needs, from the library's
+    # checks, until the app accepts.
+    _upgrade: tuple[str, str | None, str | None] | None = None
+
+    def upgrade(self, request: Request, headers: list[tuple[bytes, bytes]]) -> None:
+        """A request httptools parsed and infra.upgrade checked: the library's own checks
+        decide (a refusal goes uvicorn's usual way), then the app runs."""
+        try:
+            self._upgrade = self.conn.process_request(request)
+        except Exception:
+            self.handle_connect(request)  # the library's refusal, written by uvicorn
+            return
+        self.request = request
+        self.handshake_initiated = True
+        # From now on the library parses frames (a peer may send some before the 101).
+        self.conn.parser = Protocol.parse(self.conn)
+        next(self.conn.parser)
+        self._fast = True
+        raw_path, _, query = request.path.partition("?")
+        root = self.root_path
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root,
+            "path": root + unquote(raw_path),
+            "raw_path": root.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query.encode("ascii"),
+            "headers": headers,
+            "subprotocols": [
+                token.strip()
+                for header in request.headers.get_all("Sec-WebSocket-Protocol")
+                for token in header.split(",")
+            ],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}, DIRECT: {"socket": self}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    async def send(self, message: Any) -> None:
+        upgrade = self._upgrade
+        if upgrade is None:
+            await super().send(message)
+            return
+        if (
+            message["type"] != "websocket.accept"
+            or message.get("headers")
+            or self.handshake_complete
+            or self.initial_response is not None
+        ):
+            # Anything but a plain accept: uvicorn's way, from the library's response.
+            self._upgrade = None
+            self.response = self.conn.accept(self.request)
+            await super().send(message)
+            return
+        if not self.writable.is_set():
+            await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        self._upgrade = None
+        if self.logger.isEnabledFor(logging.INFO):
+            client, path = get_client_addr(self.scope), get_path_with_query_string(self.scope)
+            self.logger.info('%s - "WebSocket %s" [accepted]', client, path)
+        if self.transport.is_closing():
+            return
+        accept, extensions, protocol = upgrade
+        subprotocol = message.get("subprotocol") or protocol
+        response = switching_protocols(accept, extensions, subprotocol, self.default_headers)
+        self.handshake_complete = True
+        self.conn.state = State.OPEN
+        self.transport.write(response)
+        self.start_keepalive()
 
     def start_keepalive(self) -> None:
         """Called as the accept goes out: what only the handshake reads goes (the request

@@ -132,7 +132,8 @@ class HeaderTimeoutHttp(HttpToolsProtocol):
         protocol = protocol_class(
             config=self.config, server_state=self.server_state, app_state=self.app_state
         )
-        protocol.connection_made(self.transport)
+        scheme = "wss" if self.scheme == "https" else "ws"
+        protocol.adopt(self.transport, self.server, self.client, scheme)
         protocol.upgrade(request, headers)
         self.transport.set_protocol(protocol)
 
@@ -252,6 +253,18 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
     # The direct upgrade (HeaderTimeoutHttp): what the 101 needs, from the library's
     # checks, until the app accepts.
     _upgrade: tuple[str, str | None, str | None] | None = None
+
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        scheme: Any,
+    ) -> None:
+        """uvicorn's `connection_made`, with the addresses the HTTP side has read."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client, self.scheme = server, client, scheme
 
     def upgrade(self, request: Request, headers: list[tuple[bytes, bytes]]) -> None:
         """A request httptools parsed and infra.upgrade checked: the library's own checks

@@ -42,7 +42,9 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         return
     await receive()
     test_id = dict(scope["headers"]).get(b"x-test-id", b"")
-    scopes[(scope["server"][1], test_id)] = {key: scope[key] for key in SCOPE_KEYS}
+    seen = {key: scope[key] for key in SCOPE_KEYS}
+    seen["hosts"] = (scope["client"][0], scope["server"][0])
+    scopes[(scope["server"][1], test_id)] = seen
     subprotocol = "p1" if "p1" in scope["subprotocols"] else None
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
     await send({"type": "websocket.close", "code": 1000})

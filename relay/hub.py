@@ -103,6 +103,7 @@ class Conn:
         "busy",
         "closed",
         "conn_id",
+        "corked",
         "device_id",
         "expires_at",
         "finished",
@@ -140,6 +141,9 @@ class Conn:
         self.out: list[str] = []  # lines not yet handed to the writer
         self.out_bytes = 0
         self.flush_due = False  # a flush is scheduled for this loop turn
+        # While the session starts: the welcome, the replay and sync_complete go out
+        # together, one write where there were two or more (a reconnect storm's CPU).
+        self.corked = False
         # Made on first use: most sockets sit idle, and each of these costs memory.
         self.low: asyncio.Event | None = None  # set after each frame goes out, and on close
         self.holding = True
@@ -214,9 +218,17 @@ class Conn:
         if self.out_bytes > self.queue_limit:
             self.close(*TOO_SLOW)
             return
-        if not self.flush_due and self._writer is None and not self.finished:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.flush_due and self._writer is None and not self.finished and not self.corked:
             self.flush_due = True  # once per loop turn: what queues meanwhile shares frames
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def uncork(self) -> None:
+        self.corked = False
+        if self.out:
+            self._schedule()
 
     def push_op(self, seq: int, line: str) -> None:
         if self.holding:
@@ -250,6 +262,7 @@ class Conn:
 
     async def drained(self, below: int) -> None:
         """Wait until the queue holds less than `below` bytes (replay pacing)."""
+        self.uncork()
         while self.out_bytes >= below and self.closed is None and not self.finished:
             if self.low is None:
                 self.low = asyncio.Event()

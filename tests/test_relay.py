@@ -132,6 +132,7 @@ async def test_resume_gets_every_missed_op_in_order_then_live(
     assert [m["seq"] for m in got] == list(range(2, 32))
     assert [m["payload"] for m in got] == sent
     assert m["latest_seq"] == 31
+    assert pb.frames == 1  # the welcome, the replay and sync_complete went out together
     await pa.op(id="live")
     assert (await pb.recv_type("crdt_operation"))["seq"] == 32
     # A sync message replays again, even what the socket already had.

@@ -218,17 +218,16 @@ class Conn:
         if self.out_bytes > self.queue_limit:
             self.close(*TOO_SLOW)
             return
-        self._schedule()
-
-    def _schedule(self) -> None:
+        # Inline, not a call: this runs for every message delivered.
         if not self.flush_due and self._writer is None and not self.finished and not self.corked:
             self.flush_due = True  # once per loop turn: what queues meanwhile shares frames
             asyncio.get_running_loop().call_soon(self._flush)
 
     def uncork(self) -> None:
         self.corked = False
-        if self.out:
-            self._schedule()
+        if self.out and not self.flush_due and self._writer is None and not self.finished:
+            self.flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def push_op(self, seq: int, line: str) -> None:
         if self.holding:

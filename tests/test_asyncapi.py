@@ -25,7 +25,8 @@ SERVER_CODE = [
     p for d in ("relay", "pairing", "infra", "storage") for p in (ROOT / d).rglob("*.py")
 ]
 # JSON-schema and ASGI values of a "type" key are not socket messages.
-NOT_MESSAGES = {"object", "array", "string", "integer", "boolean", "number", "null", "http"}
+NOT_MESSAGES = {"object", "array", "string", "integer", "boolean", "number", "null"}
+NOT_MESSAGES |= {"http", "websocket"}
 
 
 def server_sent_types() -> set[str]:

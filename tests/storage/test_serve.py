@@ -88,7 +88,10 @@ def test_unreachable_bucket_is_one_clear_line(tmp_path: Path) -> None:
         timeout=50,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "homepocket-relay: configuration error: S3_BUCKET: bucket not reachable"
-        " (EndpointConnectionError)"
-    ]
+    # Refused at once, or (botocore's retries back off at random, and a loaded machine
+    # is slow) cut off by BACKEND_TIMEOUT_S: either way one line naming the bucket.
+    line = "homepocket-relay: configuration error: S3_BUCKET: bucket not reachable"
+    assert done.stderr.strip().splitlines() in (
+        [line + " (EndpointConnectionError)"],
+        [line + " (Timeout)"],
+    )

@@ -339,16 +339,17 @@ class DirectWebSocket(WebSocketsSansIOProtocol):
         self.handshake_complete = True
         self.conn.state = State.OPEN
         self.transport.write(response)
-        self.start_keepalive()
+        self.start_keepalive(fresh_parser=True)
 
-    def start_keepalive(self) -> None:
+    def start_keepalive(self, fresh_parser: bool = False) -> None:
         """Called as the accept goes out: what only the handshake reads goes (the request
         and response are 2-3 KB of headers), and the instance's dict (36 entries in a
-        table grown for more) is copied to one its size (1.6 KB to 0.8)."""
+        table grown for more) is copied to one its size (1.6 KB to 0.8). After the direct
+        upgrade the frame parser is new already (`fresh_parser`)."""
         for name in HANDSHAKE_ONLY:
             self.__dict__.pop(name, None)
         self.__dict__ = dict(self.__dict__)
-        if self._fast and not self.conn.reader.buffer:
+        if self._fast and not fresh_parser and not self.conn.reader.buffer:
             # The library's parser is the server's `parse`, whose frame keeps the request
             # (2.5 KB of headers) while it parses frames; no frame byte has reached it
             # (`_fast`), so it waits at the top of its frame loop, with nothing buffered,

@@ -82,9 +82,10 @@ def switching_protocols(
     for name, value in default_headers:
         lines += [name, b": ", value, b"\r\n"]
     if subprotocol is not None:
-        if not _TOKEN.fullmatch(subprotocol.encode("ascii", "replace")):
+        token = subprotocol.encode("ascii", "replace")  # "?" is no token character
+        if not _TOKEN.fullmatch(token):
             raise ValueError("a subprotocol is a token")
-        lines += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("ascii"), b"\r\n"]
+        lines += [b"Sec-WebSocket-Protocol: ", token, b"\r\n"]
     lines.append(b"\r\n")
     return b"".join(lines)
 

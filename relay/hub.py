@@ -91,7 +91,9 @@ class Conn:
     only while there is something to send (idle sockets hold no task of their own).
 
     While `holding` (welcome and replay not yet sent), live traffic waits in `held` and
-    goes out after the replay, ops the replay already covered skipped.
+    goes out after the replay, ops the replay already covered skipped; and what the
+    session queues itself (the welcome, the replay) is written once a replay page is
+    queued, not each loop turn, so a reconnecting device costs one write, not two.
     """
 
     __slots__ = (
@@ -103,7 +105,6 @@ class Conn:
         "busy",
         "closed",
         "conn_id",
-        "corked",
         "device_id",
         "expires_at",
         "finished",
@@ -141,9 +142,6 @@ class Conn:
         self.out: list[str] = []  # lines not yet handed to the writer
         self.out_bytes = 0
         self.flush_due = False  # a flush is scheduled for this loop turn
-        # While the session starts: the welcome, the replay and sync_complete go out
-        # together, one write where there were two or more (a reconnect storm's CPU).
-        self.corked = False
         # Made on first use: most sockets sit idle, and each of these costs memory.
         self.low: asyncio.Event | None = None  # set after each frame goes out, and on close
         self.holding = True
@@ -219,12 +217,12 @@ class Conn:
             self.close(*TOO_SLOW)
             return
         # Inline, not a call: this runs for every message delivered.
-        if not self.flush_due and self._writer is None and not self.finished and not self.corked:
+        if not self.flush_due and self._writer is None and not self.finished and not self.holding:
             self.flush_due = True  # once per loop turn: what queues meanwhile shares frames
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def uncork(self) -> None:
-        self.corked = False
+    def flush_soon(self) -> None:
+        """Write what is queued at the end of this loop turn, holding or not."""
         if self.out and not self.flush_due and self._writer is None and not self.finished:
             self.flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -258,10 +256,11 @@ class Conn:
             elif seq > self.last_seq:
                 self.last_seq = seq
                 self.push(line)
+        self.flush_soon()
 
     async def drained(self, below: int) -> None:
         """Wait until the queue holds less than `below` bytes (replay pacing)."""
-        self.uncork()
+        self.flush_soon()
         while self.out_bytes >= below and self.closed is None and not self.finished:
             if self.low is None:
                 self.low = asyncio.Event()

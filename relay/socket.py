@@ -242,13 +242,11 @@ class RelaySocket:
             try:
                 await self.hub.attach(conn, infra.now())
                 attached = True
-                conn.corked = True
                 head = await self._welcome(conn, book_id)
                 if since is None:  # nothing to replay: the welcome's head is current
                     self._complete(conn, head.latest_seq)
                 else:
                     await self._replay(conn, since, epoch)
-                conn.uncork()
             except Exception as exc:  # the broker is down or hung: try again later
                 log.warning("relay session not started", extra={"error_type": type(exc).__name__})
                 conn.close(*UNAVAILABLE)
@@ -340,7 +338,7 @@ class RelaySocket:
             conn.last_seq = max(conn.last_seq, history.last_seq)
             if not history.has_more or not history.lines:
                 break
-            conn.uncork()  # a long replay goes out page by page
+            conn.flush_soon()  # a long replay goes out page by page
             since, epoch = history.last_seq, head.epoch
         self._complete(conn, latest)
 

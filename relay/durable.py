@@ -10,12 +10,20 @@ book's list of its chunks, 24 bytes a chunk, and a running byte count per op, 8 
 an op, are kept in memory, so trimming reads nothing), and client ids are appended to
 a log, one row per batch, and looked up in memory (read back from the log at start).
 
-Durability: WAL with `synchronous=OFF`. A commit is in the OS's page cache before the
-ack, which is all that a crash or `kill -9` of the process can lose; only a crash of the
-machine itself can lose or tear recent writes. That is detected on open (the last run
-did not close cleanly and the machine has booted since), and the file is then
-replaced: every book starts a new epoch rather than serve a history that may have
-rolled back. A deleted or replaced file is a new store, so new epochs too.
+Durability: a rollback journal (kept, its header zeroed after each commit) with
+`synchronous=OFF`. A commit is in the OS's page cache before the ack, which is all
+that a crash or `kill -9` of the process can lose: a transaction cut short is rolled
+back from the journal at the next open. Only a crash of the machine itself can lose or
+tear recent writes. That is detected on open (the last run did not close cleanly and
+the machine has booted since), and the file is then replaced: every book starts a new
+epoch rather than serve a history that may have rolled back. A deleted or replaced
+file is a new store, so new epochs too.
+
+Why a rollback journal and not WAL: the ops are appended, and pages past the end of the
+file need no journal, so each op's bytes are written once. WAL writes every page twice
+(the log, then the checkpoint): at saturation the relay delivered 5-20% less with it.
+The file is locked for the process's life (`locking_mode=EXCLUSIVE`): one server per
+data dir, and a second one refuses to start rather than hand out the same seqs.
 
 Never decodes, parses or logs a payload; the file holds `book_ref`, device ids, client
 op ids, times, sizes and the forwarded op's JSON (ciphertext payload) only.
@@ -53,6 +61,11 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 TOTAL_SLACK_SHARE = 64
 ID_MARK_S = 10  # the id log's stretches between marks, in seconds of relay time
 DELETE_SLICE = 10_000  # chunk ids per DELETE (SQLite bounds a statement's parameters)
+# The journal holds the old content of the pages a transaction changed: appends need
+# little; a large trim or erasure more, which is given back beyond this.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+# A server restarted in place may start while the old process is still exiting.
+LOCK_WAIT_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -179,6 +192,13 @@ class StoreError(Exception):
     """The backlog file failed (disk full, I/O error): the batch was not kept."""
 
 
+class BacklogInUse(Exception):
+    """Another process holds the backlog file: one server per data dir."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} is in use by another process; one server per data dir")
+
+
 def boot_id() -> str:
     try:
         return BOOT_ID.read_text().strip()
@@ -214,6 +234,8 @@ class DurableBacklog:
                 self._remove_files()
                 db = self._connect()
         except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise BacklogInUse(str(self.path)) from None  # never remove a live file
             log.warning("backlog file unreadable; new epochs", extra={"error": str(exc)})
             self._remove_files()
             db = self._connect()
@@ -222,8 +244,13 @@ class DurableBacklog:
         self._load(db, int(time.time()) if now is None else now)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = sqlite3.connect(
+            self.path, timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        # Also turns a file of an earlier version out of WAL, its log applied first.
+        db.execute("PRAGMA journal_mode=PERSIST")
+        db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         db.execute("PRAGMA synchronous=OFF")
         db.executescript(_SCHEMA)
         return db
@@ -237,7 +264,7 @@ class DurableBacklog:
         return rows.get("clean") != "1" and (rows.get("boot") != boot_id() or not boot_id())
 
     def _remove_files(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{self.path}{suffix}").unlink()
 
@@ -300,7 +327,6 @@ class DurableBacklog:
             return
         try:
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.execute("INSERT OR REPLACE INTO store (key, value) VALUES ('clean', '1')")
         finally:
             db.close()

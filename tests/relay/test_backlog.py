@@ -7,9 +7,8 @@ keeps every acked op under the same epoch, a lost store that does not."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
-import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -180,6 +179,23 @@ async def embedded(data: Path, lim: BacklogLimits | None = None) -> EmbeddedBrok
     return broker
 
 
+def crash(broker: EmbeddedBroker) -> None:
+    """What a process that dies leaves: its commits in the file, no clean close (the
+    file is let go, as the OS lets go of a dead process's locks)."""
+    if broker._upkeep is not None:
+        broker._upkeep.cancel()
+    db, broker.backlog._db = broker.backlog._db, None
+    assert db is not None
+    db.close()
+
+
+def id_log_rows(broker: EmbeddedBroker) -> int:
+    """Rows of the client-id log in the file (read through the broker's own connection:
+    the file is locked to it)."""
+    (rows,) = broker.backlog.db.execute("SELECT count(*) FROM id_log").fetchone()
+    return int(rows)
+
+
 async def test_a_restart_keeps_the_epoch_every_op_and_the_client_ids(tmp_path: Path) -> None:
     ref = book()
     first = await embedded(tmp_path)
@@ -206,7 +222,7 @@ async def test_a_crash_without_a_clean_close_keeps_what_was_committed(tmp_path: 
     for _ in range(3):
         await first.append(ref, op())
     head = await first.head(ref, int(time.time()))
-    # No stop(): the process died. Its commits are in the file (the OS has them).
+    crash(first)  # no stop(): its commits are in the file (the OS has them)
     again = await embedded(tmp_path)
     try:
         assert await again.head(ref, int(time.time())) == head
@@ -225,6 +241,7 @@ async def test_a_machine_crash_or_a_lost_file_gives_new_epochs(
     await first.append(ref, op())
     epoch = (await first.head(ref, int(time.time()))).epoch
     # Not closed, and the machine booted again: writes may have been lost with it.
+    crash(first)
     boot.write_text("boot-2\n")
     second = await embedded(tmp_path)
     head = await second.head(ref, int(time.time()))
@@ -272,9 +289,7 @@ async def test_client_ids_past_a_day_go_from_memory_and_disk_and_stay_gone(
     later = t0 + IDEMPOTENCY_TTL_S + 25
     clock[0] = later
     broker.backlog.forget_old_ids(later)
-    with contextlib.closing(sqlite3.connect(tmp_path / durable.FILE_NAME)) as db:
-        (kept,) = db.execute("SELECT count(*) FROM id_log").fetchone()
-    assert kept == 1  # the rows of the two older ids are deleted, the youngest kept
+    assert id_log_rows(broker) == 1  # the rows of the two older ids are deleted
     await broker.stop()
 
     again = EmbeddedBroker(tmp_path, limits(max_age_s=10 * IDEMPOTENCY_TTL_S), lambda: clock[0])
@@ -304,10 +319,94 @@ async def test_client_ids_a_restart_finds_past_a_day_are_deleted_at_the_next_upk
     try:
         await again.append(ref, op("new", now=later))
         again.backlog.forget_old_ids(later)
-        with contextlib.closing(sqlite3.connect(tmp_path / durable.FILE_NAME)) as db:
-            (kept,) = db.execute("SELECT count(*) FROM id_log").fetchone()
-        assert kept == 1
+        assert id_log_rows(again) == 1
         assert not (await again.append(ref, op("old", now=later))).duplicate
         assert (await again.append(ref, op("new", now=later))).duplicate
+    finally:
+        await again.stop()
+
+
+async def test_a_second_backlog_on_the_same_file_is_refused_and_removes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(durable, "LOCK_WAIT_S", 0.2)
+    ref = book()
+    first = await embedded(tmp_path)
+    try:
+        for n in range(3):
+            await first.append(ref, op(f"id{n}"))
+        with pytest.raises(durable.BacklogInUse, match="one server per data dir"):
+            await embedded(tmp_path)
+        # The first goes on, on the same file.
+        assert (await first.append(ref, op("id3"))).seq == 4
+        head = await first.head(ref, int(time.time()))
+    finally:
+        await first.stop()
+    again = await embedded(tmp_path)
+    try:
+        assert await again.head(ref, int(time.time())) == head
+        assert (await again.append(ref, op("id1"))).duplicate
+    finally:
+        await again.stop()
+
+
+# An earlier version kept the file in WAL mode: a process killed before a checkpoint
+# leaves committed transactions only in `-wal`.
+_KILLED_IN_WAL_MODE = """
+import asyncio, os, sqlite3, sys, time
+from pathlib import Path
+from relay import durable
+from relay.broker import BacklogLimits, NewOp
+from relay.embedded import EmbeddedBroker
+
+def wal_connect(self):
+    db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
+    db.executescript(durable._SCHEMA)
+    return db
+
+durable.DurableBacklog._connect = wal_connect
+
+class Sink:
+    def on_op(self, *a): pass
+    def on_control(self, *a): pass
+
+async def main():
+    lim = BacklogLimits(1000, 1 << 30, 3600, 1 << 30)
+    broker = EmbeddedBroker(Path(sys.argv[1]), lim, time.time)
+    await broker.start(Sink())
+    for n in range(5):
+        op = NewOp("d" * 32, f"id{n}", "A" * 100, 1, "", int(time.time()))
+        await broker.append(sys.argv[2], op)
+    print((await broker.head(sys.argv[2], int(time.time()))).epoch, flush=True)
+    os._exit(0)  # killed: no close, no checkpoint
+
+asyncio.run(main())
+"""
+
+
+async def test_a_file_an_earlier_version_left_in_wal_mode_keeps_every_op(tmp_path: Path) -> None:
+    ref = book()
+    killed = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILLED_IN_WAL_MODE,
+        str(tmp_path),
+        ref,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await killed.communicate()
+    epoch = out.decode().strip()
+    wal = tmp_path / f"{durable.FILE_NAME}-wal"
+    assert epoch and wal.stat().st_size > 0  # the ops are in the log only
+    again = await embedded(tmp_path)
+    try:
+        head = await again.head(ref, int(time.time()))
+        assert (head.epoch, head.latest_seq) == (epoch, 5)
+        assert (await again.append(ref, op("id4"))).duplicate
+        history = await again.history(ref, 0, epoch, 100)
+        assert [orjson.loads(x)["seq"] for x in history.lines] == [1, 2, 3, 4, 5]
+        assert not wal.exists()  # applied, and the file out of WAL mode
     finally:
         await again.stop()

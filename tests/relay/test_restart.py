@@ -118,3 +118,35 @@ async def test_a_restart_mid_stream_keeps_every_acked_op_under_the_same_epoch(
             await receiver.close()
     finally:
         server.stop(signal.SIGKILL)
+
+
+async def test_a_second_server_on_the_same_data_dir_refuses_to_start(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    env = {"ID_HASH_KEY": ID_HASH_KEY, "LOG_LEVEL": "WARNING"}
+    first = ServerProcess(env, tmp_path / "data", port=free_port()).start()
+    settings = make_settings("embedded", tmp_path, request, id_hash_key=Secret(ID_HASH_KEY))
+    try:
+        async with httpx.AsyncClient(base_url=first.url, timeout=10) as http:
+            book_id, (a, b) = await make_book(http, settings, 2)
+            sender = await open_peer(first.ws_url, book_id, a)
+            await sender.op(payload(64), id="before")
+            assert (await sender.recv_type("ack", timeout=10))["seq"] == 1
+
+            second = ServerProcess(env, tmp_path / "data", port=free_port())
+            with pytest.raises(RuntimeError, match="in use by another process"):
+                await asyncio.to_thread(second.start)
+            assert second.proc is not None and second.proc.returncode != 0
+
+            # The first goes on with the same history.
+            await sender.op(payload(64), id="after")
+            assert (await sender.recv_type("ack", timeout=10))["seq"] == 2
+            receiver = await open_peer(first.ws_url, book_id, b, since=0)
+            replayed: list[dict[str, object]] = []
+            while (message := await receiver.recv(timeout=10))["type"] != "sync_complete":
+                replayed.append(message)
+            assert [m["seq"] for m in replayed if m["type"] == "crdt_operation"] == [1, 2]
+            await sender.close()
+            await receiver.close()
+    finally:
+        first.stop(signal.SIGKILL)

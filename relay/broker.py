@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-import orjson
-
 from infra.settings import Settings
 
 OP_PREFIX = '{"type":"crdt_operation","seq":'
@@ -32,16 +30,14 @@ def op_tail(payload: str, timestamp: int, device_id: str, relay_timestamp: int) 
     """Everything of the forwarded op after its seq, serialised once for all receivers.
 
     The payload string goes out exactly as it came in (never decoded, never re-encoded).
+    Written as text, not through a JSON encoder (a third of the cost, once per op): no
+    field needs escaping, since the payload is checked standard base64 (`relay.ops`),
+    the device id 32 hex digits (`infra.auth`) and both times are ints.
     """
-    tail = orjson.dumps(
-        {
-            "payload": payload,
-            "timestamp": timestamp,
-            "device_id": device_id,
-            "relay_timestamp": relay_timestamp,
-        }
+    return (
+        f',"payload":"{payload}","timestamp":{timestamp:d},'
+        f'"device_id":"{device_id}","relay_timestamp":{relay_timestamp:d}}}'
     )
-    return "," + tail[1:].decode()
 
 
 def op_line(seq: int, tail: str) -> str:
@@ -55,9 +51,9 @@ def op_json(seq: int, payload: str, timestamp: int, device_id: str, relay_timest
 
 
 class NewOp(NamedTuple):  # a tuple: made once per op, a frozen dataclass costs 4x
-    device_id: str  # the authenticated sender, never what the client wrote
+    device_id: str  # the authenticated sender (32 hex digits), never what the client wrote
     client_id: str | None
-    payload: str  # base64 as received
+    payload: str  # base64 as received, checked (`op_tail` writes it without escaping)
     timestamp: int
     origin: str  # connection id of the sender ("" for HTTP), so it is not echoed to itself
     now: int

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,7 +33,7 @@ from relay.broker import (
     read_plan,
     settle,
 )
-from relay.durable import FILE_NAME, DurableBacklog
+from relay.durable import FILE_NAME, Batch, DurableBacklog
 
 log = logging.getLogger("homepocket.relay")
 
@@ -43,8 +44,6 @@ MAX_BATCH_OPS = 512  # one transaction's appends: bounds the loop's pause to com
 # server's lone op is still committed on the very next turn.
 GATHER_LONGER_AFTER = 64
 UPKEEP_EVERY_S = 10.0
-
-_Entry = tuple[str, NewOp, str, Done]  # book_ref, op, its line after the seq, who to tell
 
 
 @dataclass
@@ -61,7 +60,11 @@ class EmbeddedBroker:
         self._sockets: dict[str, _Sockets] = {}
         self._sink: Sink | None = None
         self._refunds: dict[str, list[float]] = {}
-        self._batch: list[_Entry] = []
+        # This turn's appends as the backlog takes them (book_ref, op, its line after the
+        # seq), and beside them who to tell and the newest op's time.
+        self._batch: Batch = []
+        self._dones: list[Done] = []
+        self._batch_now = 0
         self._flush_soon = False
         self._last_batch = 0
         self._upkeep: asyncio.Task[None] | None = None
@@ -107,7 +110,10 @@ class EmbeddedBroker:
 
     def queue_append(self, book_ref: str, op: NewOp, done: Done) -> bool:
         tail = op_tail(op.payload, op.timestamp, op.device_id, op.now)
-        self._batch.append((book_ref, op, tail, done))
+        self._batch.append((book_ref, op, tail))
+        self._dones.append(done)
+        if op.now > self._batch_now:
+            self._batch_now = op.now
         if len(self._batch) >= MAX_BATCH_OPS:
             self._flush()
         elif not self._flush_soon:
@@ -127,21 +133,22 @@ class EmbeddedBroker:
         self._flush()
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch, []
+        batch, dones, now = self._batch, self._dones, self._batch_now
+        self._batch, self._dones, self._batch_now = [], [], 0
         self._last_batch = len(batch)
         if not batch:
             return
         outcome: list[Appended] | Exception
         try:
-            outcome = self.backlog.append(
-                [(ref, op, tail) for ref, op, tail, _ in batch], max(e[1].now for e in batch)
-            )
+            outcome = self.backlog.append(batch, now)
         except Exception as exc:  # not kept: each op is refused, the client retries
             log.warning("backlog append failed", extra={"error_type": type(exc).__name__})
             outcome = exc
         sink = self._sink
-        for at, (book_ref, op, tail, done) in enumerate(batch):
-            result = outcome if isinstance(outcome, Exception) else outcome[at]
+        results: Sequence[Appended | Exception] = (
+            [outcome] * len(batch) if isinstance(outcome, Exception) else outcome
+        )
+        for (book_ref, op, tail), done, result in zip(batch, dones, results, strict=True):
             if sink is not None and isinstance(result, Appended) and not result.duplicate:
                 sink.on_op(book_ref, op.origin, result.seq, op_line(result.seq, tail))
             try:

@@ -242,7 +242,8 @@ class RedisBroker:
         head = header[1:].decode().split(" ")
         seq = int(head[0])
         origins = head[1:]
-        texts = body[2:].decode().split("\n")
+        texts = body.decode().split("\n")
+        del texts[0]  # the "t" mark: no copy of the body without it
         if "-" in origins:  # retries: their texts are not relayed
             kept = [(o, t) for o, t in zip(origins, texts, strict=True) if o != "-"]
             origins, texts = [o for o, _ in kept], [t for _, t in kept]

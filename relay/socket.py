@@ -448,19 +448,21 @@ class RelaySocket:
         }
         conn.push_control(dumps(ack))
 
-    def _now(self, conn: Conn, text: str) -> bool:
+    def _now(self, conn: Conn, data: bytes) -> bool:
         """Handle a frame as it is parsed, outside any task, when it is one op that needs
         no wait: no earlier message still being handled, budget in hand, room among the
         appends in flight, and a broker that takes it at once. Anything else (and any
         invalid op) is left untouched (False) for `_read`, which answers it in order.
         The common case at full load; it spares a queue and a task switch per op."""
-        if conn.busy or conn.closed is not None or "\n" in text or len(text) > self.frame_limit:
+        # The frame's bytes (orjson checks their UTF-8): a longer one than the limit in
+        # bytes may still be within it in characters, and `_read` decides it.
+        if conn.busy or conn.closed is not None or b"\n" in data or len(data) > self.frame_limit:
             return False
         budget = conn.budget
         if budget is None:
             return False
         try:
-            msg = orjson.loads(text)
+            msg = orjson.loads(data)
             if type(msg) is not dict or msg.get("type") != "crdt_operation":
                 return False
             op = ops.new_op(msg, conn.device_id, conn.conn_id, self.max_op_bytes, self.infra.now())

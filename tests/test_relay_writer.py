@@ -4,8 +4,12 @@ send that had to wait is finished by a task."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.broker import OP_PREFIX, op_json, op_tail
 from relay.hub import Conn, Resumed, frames
@@ -17,6 +21,31 @@ def test_both_brokers_forward_the_same_op_line() -> None:
     line = op_json(42, *args)
     assert line == OP_PREFIX + "42" + op_tail(*args)
     assert line.startswith('{"type":"crdt_operation","seq":42,"payload":"QUJD",')
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.binary(min_size=1, max_size=600).map(lambda b: base64.b64encode(b).decode()),
+    device_id=st.binary(min_size=16, max_size=16).map(bytes.hex),
+    timestamp=st.integers(min_value=0, max_value=2**53),
+    relay_timestamp=st.integers(min_value=0, max_value=2**53),
+    seq=st.integers(min_value=1, max_value=2**53),
+)
+def test_the_op_line_written_as_text_is_the_json_of_the_op(
+    payload: str, device_id: str, timestamp: int, relay_timestamp: int, seq: int
+) -> None:
+    """What a checked op can hold (standard base64, a device id of 32 hex digits, whole
+    numbers) needs no escaping: the line is exactly what a JSON encoder writes."""
+    line = op_json(seq, payload, timestamp, device_id, relay_timestamp)
+    op = {
+        "type": "crdt_operation",
+        "seq": seq,
+        "payload": payload,
+        "timestamp": timestamp,
+        "device_id": device_id,
+        "relay_timestamp": relay_timestamp,
+    }
+    assert line == orjson.dumps(op).decode()
 
 
 def test_frames_join_lines_up_to_the_limit_and_a_long_line_goes_alone() -> None:

@@ -90,7 +90,11 @@ async def serve(protocol: type[WebSocketsSansIOProtocol], chunks: list[bytes], d
     texts: list[str] = []
     others: list[Any] = []
 
-    def on_text(text: str) -> bool:
+    def on_text(data: bytes) -> bool:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:  # left to `receive`, as the relay leaves what it can't parse
+            return False
         if text.startswith("q"):  # the app leaves some to `receive`, as the relay does
             return False
         texts.append(text)

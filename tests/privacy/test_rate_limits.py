@@ -5,6 +5,7 @@ counter for many instances, and failing closed when the counter store is down.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import math
 import time
@@ -257,7 +258,9 @@ async def test_every_limit_is_counted_apart_and_shared_by_instances(
         backend, tmp_path, request, **limits(**dict.fromkeys(names, "2/minute"))
     )
     device = DeviceKey().device_id
-    async with InProcessServer(s) as one, InProcessServer(s) as two:
+    # On the embedded default each server owns its data dir, and its limits are its own.
+    s_two = s if backend == "production" else dataclasses.replace(s, data_dir=tmp_path / "two")
+    async with InProcessServer(s) as one, InProcessServer(s_two) as two:
         second = two if backend == "production" else one  # memory is one process's
         for name in names:
             first_call = await count_call(one.infra, name, device, fail_closed=True)

@@ -17,6 +17,7 @@ from starlette.datastructures import Secret
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import make_settings
+from tests.support.keys import DeviceKey
 from tests.support.relay import Peer, make_book, open_peer, payload
 from tests.support.services import ID_HASH_KEY, ServerProcess, free_port
 
@@ -28,6 +29,14 @@ async def drain(peer: Peer, into: list[dict[str, object]]) -> None:
     with contextlib.suppress(ConnectionClosed, TimeoutError):
         while True:
             into.append(await peer.recv(timeout=30))
+
+
+async def book_of_two(
+    http: httpx.AsyncClient, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[str, list[DeviceKey]]:
+    """A book of two devices on a `serve` process started with ID_HASH_KEY."""
+    settings = make_settings("embedded", tmp_path, request, id_hash_key=Secret(ID_HASH_KEY))
+    return await make_book(http, settings, 2)
 
 
 def position(ops: list[dict[str, object]]) -> int:
@@ -50,10 +59,9 @@ async def test_a_restart_mid_stream_keeps_every_acked_op_under_the_same_epoch(
         "LOG_LEVEL": "WARNING",
     }
     server = ServerProcess(env, tmp_path / "data", port=free_port()).start()
-    settings = make_settings("embedded", tmp_path, request, id_hash_key=Secret(ID_HASH_KEY))
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            book_id, (a, b) = await make_book(http, settings, 2)
+            book_id, (a, b) = await book_of_two(http, tmp_path, request)
             sender = await open_peer(server.ws_url, book_id, a)
             receiver = await open_peer(server.ws_url, book_id, b)
             epoch = sender.welcome["epoch"]  # type: ignore[attr-defined]
@@ -125,10 +133,9 @@ async def test_a_second_server_on_the_same_data_dir_refuses_to_start(
 ) -> None:
     env = {"ID_HASH_KEY": ID_HASH_KEY, "LOG_LEVEL": "WARNING"}
     first = ServerProcess(env, tmp_path / "data", port=free_port()).start()
-    settings = make_settings("embedded", tmp_path, request, id_hash_key=Secret(ID_HASH_KEY))
     try:
         async with httpx.AsyncClient(base_url=first.url, timeout=10) as http:
-            book_id, (a, b) = await make_book(http, settings, 2)
+            book_id, (a, b) = await book_of_two(http, tmp_path, request)
             sender = await open_peer(first.ws_url, book_id, a)
             await sender.op(payload(64), id="before")
             assert (await sender.recv_type("ack", timeout=10))["seq"] == 1

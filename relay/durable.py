@@ -321,13 +321,15 @@ class DurableBacklog:
                     known.ids[(device, client)] = (int(seq), int(at))
 
     def close(self) -> None:
-        """A clean close: everything on disk, and marked so."""
+        """A clean close: everything on disk, and marked so; the journal (old page
+        images) goes with it."""
         db, self._db = self._db, None
         if db is None:
             return
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("INSERT OR REPLACE INTO store (key, value) VALUES ('clean', '1')")
+            db.execute("PRAGMA journal_mode=DELETE")
         finally:
             db.close()
 

@@ -203,6 +203,8 @@ async def test_a_restart_keeps_the_epoch_every_op_and_the_client_ids(tmp_path: P
         await first.append(ref, op(f"id{n}"))
     head = await first.head(ref, int(time.time()))
     await first.stop()
+    # A clean stop leaves the file alone: no journal of old page images beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [durable.FILE_NAME]
 
     again = await embedded(tmp_path)
     try:

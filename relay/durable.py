@@ -234,7 +234,7 @@ class DurableBacklog:
                 self._remove_files()
                 db = self._connect()
         except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
                 raise BacklogInUse(str(self.path)) from None  # never remove a live file
             log.warning("backlog file unreadable; new epochs", extra={"error": str(exc)})
             self._remove_files()

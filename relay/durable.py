@@ -274,6 +274,10 @@ class DurableBacklog:
         db.execute("PRAGMA journal_mode=PERSIST")
         db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         db.execute("PRAGMA synchronous=OFF")
+        # Trimmed ops leave their pages to the free list, unzeroed: where SQLite is built
+        # with SECURE_DELETE (Debian's is), zeroing them wrote each op 2.6 times over
+        # at a book's bound. FAST still zeroes what is on a page written anyway.
+        db.execute("PRAGMA secure_delete=FAST")
         db.executescript(_SCHEMA)
         return db
 
@@ -383,9 +387,14 @@ class DurableBacklog:
             return
         del self._by_no[book.no]
         self.total -= book.bytes
-        with self._transaction():
-            self._doomed.extend(book.rows[book.lo :])  # its chunks, by id (no scan)
-            self.db.execute("DELETE FROM books WHERE no = ?", (book.no,))
+        db = self.db
+        db.execute("PRAGMA secure_delete=ON")  # an erased book's pages are zeroed
+        try:
+            with self._transaction():
+                self._doomed.extend(book.rows[book.lo :])  # its chunks, by id (no scan)
+                db.execute("DELETE FROM books WHERE no = ?", (book.no,))
+        finally:
+            db.execute("PRAGMA secure_delete=FAST")
 
     # Appends.
     def append(self, batch: Batch, now: int) -> list[Appended]:

@@ -278,6 +278,22 @@ async def test_erasure_forgets_the_book_and_its_client_ids(tmp_path: Path) -> No
         await broker.stop()
 
 
+async def test_an_erased_books_ciphertext_is_zeroed_in_the_file(tmp_path: Path) -> None:
+    gone, kept = book(), book()
+    broker = await embedded(tmp_path)
+    try:
+        for n in range(40):  # several chunks, pages of overflow among them
+            await broker.append(gone, op(f"g{n}", size=3000)._replace(payload="R29uZQ" * 500))
+            await broker.append(kept, op(f"k{n}", size=3000)._replace(payload="S2VwdA" * 500))
+        await broker.drop_book(gone)
+        assert broker.backlog.db.execute("PRAGMA secure_delete").fetchone() == (2,)  # FAST
+    finally:
+        await broker.stop()  # a clean stop: the journal, with its old page images, goes
+    held = (tmp_path / durable.FILE_NAME).read_bytes()
+    assert b"R29uZQR29uZQ" not in held
+    assert b"S2VwdAS2VwdA" in held
+
+
 async def test_client_ids_past_a_day_go_from_memory_and_disk_and_stay_gone(
     tmp_path: Path,
 ) -> None:

@@ -62,6 +62,19 @@ async def _check_and_migrate(settings: Settings, migrate: bool) -> list[int]:
     return applied
 
 
+def _check_backlog_free(settings: Settings) -> None:
+    """On the embedded broker the backlog file is one server's: a second server on the
+    same data dir is one clear line too."""
+    if settings.redis_url:
+        return
+    from relay.durable import FILE_NAME, BacklogInUse, check_free
+
+    try:
+        check_free(settings.data_dir / FILE_NAME)
+    except BacklogInUse as exc:
+        raise ConfigError("DATA_DIR", str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="homepocket-relay", description="Home Pocket zero-knowledge relay server"
@@ -96,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"migrations applied: {applied or 'none pending'}")
             return 0
         asyncio.run(_check_and_migrate(settings, settings.migrate_on_start))
+        _check_backlog_free(settings)
         return _serve(settings)
     except ConfigError as exc:
         print(f"homepocket-relay: configuration error: {exc}", file=sys.stderr)

@@ -143,7 +143,9 @@ async def test_a_second_server_on_the_same_data_dir_refuses_to_start(
             second = ServerProcess(env, tmp_path / "data", port=free_port())
             with pytest.raises(RuntimeError, match="in use by another process"):
                 await asyncio.to_thread(second.start)
-            assert second.proc is not None and second.proc.returncode != 0
+            assert second.proc is not None and second.proc.returncode == 2
+            said = second.log()
+            assert "configuration error: DATA_DIR: " in said and "Traceback" not in said
 
             # The first goes on with the same history.
             await sender.op(payload(64), id="after")

@@ -3,7 +3,8 @@
 A full collection walks every tracked object outside the frozen startup heap and holds
 the event loop meanwhile: with 1,000 sockets open and the embedded backlog's client-id
 index filling, 80-90 ms, every half minute at a thousand ops a second (measured with
-gc.callbacks; relay/README.md, "What stalled the loop"). Young garbage is still
+gc.callbacks; relay/README.md, "What stalled the loop"). The index has since left the
+collector's walk (a dict of only str and int is not tracked). Young garbage is still
 collected as usual by generations 0 and 1; only objects that survived two collections
 and then became cyclic garbage wait for the next scheduled full collection.
 """

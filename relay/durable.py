@@ -201,17 +201,17 @@ class BacklogInUse(Exception):
 
 def check_free(path: Path) -> None:
     """BacklogInUse when another process holds the file (a second server on the same
-    data dir); waits for the lock as `open` does. Changes nothing a start would not."""
+    data dir); waits for the lock as `open` does. Changes nothing a start would not, and
+    leaves any other trouble with the file (unreadable: new epochs) to `open`."""
     if not path.exists():
         return
     db = sqlite3.connect(path, timeout=LOCK_WAIT_S, isolation_level=None)
     try:
         db.execute("BEGIN IMMEDIATE")  # a write lock: refused while another holds it
         db.execute("ROLLBACK")
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:
         if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
             raise BacklogInUse(str(path)) from None
-        raise
     finally:
         db.close()
 

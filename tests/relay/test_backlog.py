@@ -372,17 +372,30 @@ async def test_a_second_backlog_on_the_same_file_is_refused_and_removes_nothing(
             await first.append(ref, op(f"id{n}"))
         with pytest.raises(durable.BacklogInUse, match="one server per data dir"):
             await embedded(tmp_path)
+        with pytest.raises(durable.BacklogInUse):  # `serve`'s check before it starts
+            durable.check_free(tmp_path / durable.FILE_NAME)
         # The first goes on, on the same file.
         assert (await first.append(ref, op("id3"))).seq == 4
         head = await first.head(ref, int(time.time()))
     finally:
         await first.stop()
+    durable.check_free(tmp_path / durable.FILE_NAME)
     again = await embedded(tmp_path)
     try:
         assert await again.head(ref, int(time.time())) == head
         assert (await again.append(ref, op("id1"))).duplicate
     finally:
         await again.stop()
+
+
+async def test_an_unreadable_file_is_a_new_store(tmp_path: Path) -> None:
+    (tmp_path / durable.FILE_NAME).write_bytes(b"not a database " * 512)
+    durable.check_free(tmp_path / durable.FILE_NAME)  # not in use: `open` deals with it
+    broker = await embedded(tmp_path)
+    try:
+        assert (await broker.append(book(), op("x"))).seq == 1
+    finally:
+        await broker.stop()
 
 
 # An earlier version kept the file in WAL mode: a process killed before a checkpoint

@@ -16,6 +16,7 @@ import pytest
 from starlette.datastructures import Secret
 from websockets.exceptions import ConnectionClosed
 
+from relay import durable
 from tests.conftest import make_settings
 from tests.support.keys import DeviceKey
 from tests.support.relay import Peer, make_book, open_peer, payload
@@ -124,6 +125,24 @@ async def test_a_restart_mid_stream_keeps_every_acked_op_under_the_same_epoch(
             assert all(by_seq[seq] == sent[cid] for cid, seq in acked.items())
             await sender.close()
             await receiver.close()
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+async def test_a_server_on_an_unreadable_backlog_file_starts_a_new_one(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / durable.FILE_NAME).write_bytes(b"not a database " * 512)
+    env = {"ID_HASH_KEY": ID_HASH_KEY, "LOG_LEVEL": "WARNING"}
+    server = ServerProcess(env, tmp_path / "data", port=free_port()).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            book_id, (a, _) = await book_of_two(http, tmp_path, request)
+            sender = await open_peer(server.ws_url, book_id, a)
+            await sender.op(payload(64), id="first")
+            assert (await sender.recv_type("ack", timeout=10))["seq"] == 1
+            await sender.close()
     finally:
         server.stop(signal.SIGKILL)
 

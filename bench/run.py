@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
 SERVER_CORE, GEN_CORE = "0", "1"
+# redis-server shares the generator's core unless told otherwise ("0,1": either core).
+REDIS_CORES = os.environ.get("BENCH_REDIS_CORES", GEN_CORE)
 BOOK_SIZE = 4
 SERVERS = ["wsb", "ywss", "starlette", "relay", "relay-redis"]
 LABELS = {
@@ -132,7 +134,7 @@ def start_redis(log: Path) -> tuple[subprocess.Popen[bytes], int]:
         [
             "taskset",
             "-c",
-            GEN_CORE,
+            REDIS_CORES,
             "redis-server",
             "--port",
             str(port),
@@ -631,7 +633,8 @@ def start(profile_dir: Path | None, prefix: str) -> Path | None:
         "|",
         raise_nofile(),
         "|",
-        f"servers on core {SERVER_CORE}, generator and redis-server on core {GEN_CORE}",
+        f"servers on core {SERVER_CORE}, generator on core {GEN_CORE}, "
+        f"redis-server on core {REDIS_CORES}",
     )
     return Path(tempfile.mkdtemp(prefix=prefix))
 

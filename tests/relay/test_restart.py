@@ -129,29 +129,13 @@ async def test_a_restart_mid_stream_keeps_every_acked_op_under_the_same_epoch(
         server.stop(signal.SIGKILL)
 
 
-async def test_a_server_on_an_unreadable_backlog_file_starts_a_new_one(
+async def test_a_server_replaces_an_unreadable_backlog_and_a_second_one_is_refused(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / durable.FILE_NAME).write_bytes(b"not a database " * 512)
     env = {"ID_HASH_KEY": ID_HASH_KEY, "LOG_LEVEL": "WARNING"}
-    server = ServerProcess(env, tmp_path / "data", port=free_port()).start()
-    try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            book_id, (a, _) = await book_of_two(http, tmp_path, request)
-            sender = await open_peer(server.ws_url, book_id, a)
-            await sender.op(payload(64), id="first")
-            assert (await sender.recv_type("ack", timeout=10))["seq"] == 1
-            await sender.close()
-    finally:
-        server.stop(signal.SIGKILL)
-
-
-async def test_a_second_server_on_the_same_data_dir_refuses_to_start(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    env = {"ID_HASH_KEY": ID_HASH_KEY, "LOG_LEVEL": "WARNING"}
-    first = ServerProcess(env, tmp_path / "data", port=free_port()).start()
+    first = ServerProcess(env, tmp_path / "data", port=free_port()).start()  # a new file
     try:
         async with httpx.AsyncClient(base_url=first.url, timeout=10) as http:
             book_id, (a, b) = await book_of_two(http, tmp_path, request)

@@ -422,12 +422,12 @@ class DurableBacklog:
         total = self.total
         try:
             with self._transaction():
-                results, ids = self._number(batch, books)
+                results, lines, fresh = self._number(batch, books)
                 self._write_chunks(batch, results, books, now)
-                if ids:
+                if lines:
                     row = self.db.execute(
                         "INSERT INTO id_log (at, entries) VALUES (?, ?)",
-                        (now, "\n".join(ids)),
+                        (now, "\n".join(lines)),
                     ).lastrowid
                     self._mark_ids(now, row)
                 moved = self._trim(books.values(), now)
@@ -440,37 +440,36 @@ class DurableBacklog:
                 book.restore(saved[ref])
             self.total = total
             raise StoreError(type(exc).__name__) from None
-        for (ref, op, _), result in zip(batch, results, strict=True):
-            if op.client_id is not None and not result.duplicate:
-                books[ref].ids[id_key(op.device_id, op.client_id)] = pack_id(result.seq, op.now)
+        for (ref, key), packed in fresh.items():
+            books[ref].ids[key] = packed
         return results
 
     def _number(
         self, batch: Batch, books: dict[str, BookState]
-    ) -> tuple[list[Appended], list[str]]:
-        """Each op's seq, or the first seq of a retried client id; the id log's lines."""
+    ) -> tuple[list[Appended], list[str], dict[tuple[str, str], int]]:
+        """Each op's seq, or the first seq of a retried client id; the id log's lines;
+        the ids first seen in this batch ((book_ref, `id_key`) -> `pack_id`), which the
+        book remembers once they are committed."""
         results: list[Appended] = []
         lines: list[str] = []
-        fresh: dict[tuple[str, str, str], Appended] = {}  # ids first seen in this batch
+        fresh: dict[tuple[str, str], int] = {}
         for ref, op, tail in batch:
             book = books[ref]
             cid = op.client_id
             if cid is not None:
-                prior = book.ids.get(id_key(op.device_id, cid))
+                key = id_key(op.device_id, cid)
+                prior = book.ids.get(key)
+                if prior is None:
+                    prior = fresh.get((ref, key))
                 if prior is not None:
                     results.append(Appended(*unpack_id(prior), True))
                     continue
-                again = fresh.get((ref, op.device_id, cid))
-                if again is not None:
-                    results.append(Appended(again.seq, again.relay_timestamp, True))
-                    continue
             seq = self._take_seq(book, len(tail))
-            result = Appended(seq, op.now, False)
-            results.append(result)
+            results.append(Appended(seq, op.now, False))
             if cid is not None:
-                fresh[(ref, op.device_id, cid)] = result
+                fresh[(ref, key)] = pack_id(seq, op.now)
                 lines.append(f"{book.no} {op.device_id} {seq} {op.now} {cid}")
-        return results, lines
+        return results, lines, fresh
 
     def _take_seq(self, book: BookState, size: int) -> int:
         book.seq += 1

@@ -454,8 +454,8 @@ class RelaySocket:
         appends in flight, and a broker that takes it at once. Anything else (and any
         invalid op) is left untouched (False) for `_read`, which answers it in order.
         The common case at full load; it spares a queue and a task switch per op."""
-        # The frame's bytes (orjson checks their UTF-8). None is over the frame limit:
-        # uvicorn's `ws_max_size` is that limit (infra.serving.uvicorn_config).
+        # The frame's bytes (orjson checks their UTF-8). No frame reaches here over the
+        # frame limit: uvicorn's `ws_max_size` is that limit (infra.serving.uvicorn_config).
         if conn.busy or conn.closed is not None or b"\n" in data:
             return False
         budget = conn.budget

@@ -21,6 +21,12 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 Clock = Callable[[], float]
 
 
+def id_key(device_id: str, client_id: str) -> str:
+    """Where both brokers remember a client op id: a device id has no space, so the key
+    names one pair (an id is its sender's own)."""
+    return f"{device_id} {client_id}"
+
+
 def new_epoch() -> str:
     """An opaque epoch: 96 random bits, never a counter (docs/CONTRACT.md §4)."""
     return secrets.token_hex(12)

@@ -48,6 +48,7 @@ from relay.broker import (
     BacklogLimits,
     Head,
     NewOp,
+    id_key,
     new_epoch,
     op_line,
 )
@@ -231,12 +232,6 @@ Batch = list[tuple[str, NewOp, str]]  # (book_ref, op, the op's JSON after its s
 # below 2**32 until 2106.
 _AT_BITS = 32
 _AT_MASK = (1 << _AT_BITS) - 1
-
-
-def id_key(device_id: str, client_id: str) -> str:
-    """A device id has no space (the id log's lines rely on it too), so the key
-    names one pair."""
-    return f"{device_id} {client_id}"
 
 
 def pack_id(seq: int, at: int) -> int:

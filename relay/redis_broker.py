@@ -39,6 +39,7 @@ from relay.broker import (
     History,
     NewOp,
     Sink,
+    id_key,
     new_epoch,
     op_line,
     op_tail,
@@ -67,6 +68,8 @@ INSTANCES = PREFIX + "instances"
 # whole backlog trims the biggest books first. The last two keys of every backlog script.
 TOTALS = (PREFIX + "sizes", PREFIX + "total")
 KEEP_EXTRA_S = 24 * 3600  # backlog keys outlive their newest op by max age + a day
+# Set once the client ids an earlier version kept per device have moved to their books.
+IDS_BY_BOOK = PREFIX + "ids-by-book"
 # Bytes of ops this instance published and has not yet received back on its own
 # subscription may reach this share of Redis's pub/sub output-buffer limit; above it,
 # appends wait. Acks (and so reading from sockets) must not run ahead of what the
@@ -164,6 +167,7 @@ class RedisBroker:
         self._sink = sink
         self._r = self._redis_factory()
         await self._load()
+        await self._move_device_ids()
         self._sub = Subscriber(self._url, self._on_message, self._on_lost, self._timeout_s)
         await self._sub.start()
         await self._beat()
@@ -201,6 +205,31 @@ class RedisBroker:
         ):
             self._sha[name] = await self._r.script_load(text)
         self._budget = await self._bus_budget()
+
+    async def _move_device_ids(self) -> None:
+        """An earlier version kept client ids in one hash per device and day
+        (`{book_ref}:i:{device_id}:{day}`); they move to their book's hash of that day,
+        so that a retry sent across the upgrade is still acked with its first seq. Once:
+        a marker key ends the scan for good. Instances starting together may both move a
+        hash: they write the same fields."""
+        r = self._r
+        if await r.exists(IDS_BY_BOOK):
+            return
+        async for key in r.scan_iter(match=PREFIX + "*:i:*", count=1000):
+            parts = key.split(b":")
+            if len(parts) != 6 or parts[3] != b"i":
+                continue
+            book_ref, device, day = parts[2].decode(), parts[4], parts[5].decode()
+            ids, ttl = await r.hgetall(key), await r.pttl(key)
+            if ids and ttl > 0:
+                target = _k(book_ref, f"j:{day}")
+                ttl = max(ttl, await r.pttl(target))
+                async with r.pipeline(transaction=True) as pipe:
+                    pipe.hset(target, mapping={device + b" " + c: v for c, v in ids.items()})
+                    pipe.pexpire(target, ttl)
+                    pipe.delete(key)
+                    await pipe.execute()
+        await r.set(IDS_BY_BOOK, 1)
 
     async def _bus_budget(self) -> int:
         """A share of the smallest pub/sub output-buffer limit Redis enforces."""
@@ -344,7 +373,7 @@ class RedisBroker:
     def _enqueue(self, entry: _Entry) -> None:
         batch = self._batch
         if batch and entry[1].now // DAY_S != batch[0][1].now // DAY_S:
-            self._flush()  # a batch never spans two days (one pair of id keys per device)
+            self._flush()  # a batch never spans two days (one pair of id keys per book)
         if not self._batch:
             if not self._flush_soon:
                 self._flush_soon = True
@@ -386,7 +415,6 @@ class RedisBroker:
         ]
         pushes: list[bytes] = [MULTI]
         publishes: list[bytes] = []
-        first_id_key = 3 * len(books) + 1
         where = [0] * len(batch)  # each entry's place in the reply (book by book)
         answered = 0
         for book_ref, places in books.items():
@@ -394,16 +422,13 @@ class RedisBroker:
             keys += (prefix + "m", prefix + "l", prefix + "t")
             args += (new_epoch(), prefix + "c", len(places))
             texts: list[str] = []
-            at: dict[str, int] = {}  # device -> index of its id keys
+            id_keys += (f"{prefix}j:{day}", f"{prefix}j:{day - 1}")  # the book's ids
             for place in places:
                 _, op, tail, _, _ = batch[place]
-                k = at.get(op.device_id)
-                if k is None:
-                    k = at[op.device_id] = first_id_key + len(id_keys)
-                    id_of = f"{prefix}i:{op.device_id}:"
-                    id_keys += (id_of + str(day), id_of + str(day - 1))
                 size = len(tail)
-                args += (op.client_id or "", op.origin, f"{op.now}:{size}", size, k)
+                cid = op.client_id
+                field = id_key(op.device_id, cid) if cid is not None else ""
+                args += (field, op.origin, f"{op.now}:{size}", size)
                 texts.append(tail)
                 where[place] = 2 * answered
                 answered += 1
@@ -496,7 +521,8 @@ class RedisBroker:
     async def drop_book(self, book_ref: str) -> None:
         await self._script("forget", [_k(book_ref, "m"), *TOTALS], [])
         doomed = [_k(book_ref, p) for p in ("m", "l", "t", "s")]
-        async for key in self._r.scan_iter(match=_k(book_ref, "i:*"), count=500):
+        # `j:*` its client ids; `i:*` as an earlier version kept them (see _move_device_ids)
+        async for key in self._r.scan_iter(match=_k(book_ref, "[ij]:*"), count=500):
             doomed.append(key)
         await self._r.delete(*doomed)
 

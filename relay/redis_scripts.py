@@ -175,14 +175,15 @@ end
 
 # A batch of appends, any books, run inside the batch's transaction, after the RPUSH of
 # its texts (none when max ops is 0). KEYS: per book its meta hash, op list and times
-# list (KEYS[3b+1..3b+3] for the b-th book, from 0), then the client-id hashes: each op
-# names k with KEYS[k] its device's ids of the op's day and KEYS[k+1] of the day before
-# (a batch never spans two days).
+# list (KEYS[3b+1..3b+3] for the b-th book, from 0), then per book its client-id hashes
+# of the batch's day and of the day before (KEYS[3B+2b+1], KEYS[3B+2b+2] for B books; a
+# batch never spans two days).
 # ARGV[1] now, ARGV[2..4] max ops, bytes, age, ARGV[5] how long a book's keys outlive
 # their last write, ARGV[6] how long a client id is remembered, ARGV[7] the bound on
 # every book's bytes together, ARGV[8] the number of books; then per book: a fresh
-# epoch, its channel, its number of ops, and per op (5 each): client id ('' for none),
-# origin connection, "time:size", size (of the op's text), k.
+# epoch, its channel, its number of ops, and per op (4 each): its id field
+# ("device_id client_id", '' for an op without an id), origin connection, "time:size",
+# size (of the op's text).
 # Per book: the head read once, the ids looked up with one HMGET per id hash, the
 # retries' texts taken out of the op list again (rare), the times pushed with one
 # RPUSH, trimmed, the head written once, and ONE header published:
@@ -199,49 +200,44 @@ local now = tonumber(ARGV[1])
 local max_ops, max_bytes, max_age = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local keep, id_ttl, max_total = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local out = {}
-local fresh = {}  -- KEYS index -> {client id -> "seq:time:size:epoch"} written by this batch
+local fresh = {}  -- KEYS index -> {id field -> "seq:time:size:epoch"} written by this batch
+local books = tonumber(ARGV[8])
 local a = 9
-for b = 0, tonumber(ARGV[8]) - 1 do
+for b = 0, books - 1 do
   local mk, lk, tk = KEYS[3 * b + 1], KEYS[3 * b + 2], KEYS[3 * b + 3]
+  local k = 3 * books + 2 * b + 1  -- the book's ids: KEYS[k] today's, KEYS[k + 1] yesterday's
   local chan, n = ARGV[a + 1], tonumber(ARGV[a + 2])
   local pushed = max_ops > 0 and n or 0
   local epoch, seq, oldest, bytes, ot, x = head(mk, lk, tk, ARGV[a], keep, pushed)
   a = a + 3
-  local ask = {}
-  for i = a, a + 5 * (n - 1), 5 do
+  local cids = {}
+  for i = a, a + 4 * (n - 1), 4 do
     if ARGV[i] ~= '' then
-      local k = tonumber(ARGV[i + 4])
-      for kk = k, k + 1 do
-        local cids = ask[kk]
-        if not cids then
-          cids = {}
-          ask[kk] = cids
-        end
-        cids[#cids + 1] = ARGV[i]
-      end
+      cids[#cids + 1] = ARGV[i]
     end
   end
-  local known = {}
-  for kk, cids in pairs(ask) do
-    local values = redis.call('HMGET', KEYS[kk], unpack(cids))
-    local found = {}
-    for j = 1, #cids do
-      if values[j] then
-        found[cids[j]] = values[j]
+  local known = {{}, {}}
+  if #cids > 0 then
+    for day = 1, 2 do
+      local values = redis.call('HMGET', KEYS[k + day - 1], unpack(cids))
+      local found = known[day]
+      for j = 1, #cids do
+        if values[j] then
+          found[cids[j]] = values[j]
+        end
       end
     end
-    known[kk] = found
   end
   local empty = oldest > seq
   local first = seq + 1
   local times, retried = {}, {}
   local parts = {'h', first}
-  for i = a, a + 5 * (n - 1), 5 do
-    local cid, t, k = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 4])
+  for i = a, a + 4 * (n - 1), 4 do
+    local cid, t = ARGV[i], ARGV[i + 2]
     local dup = false
     if cid ~= '' then
       -- (this batch writes only today's key: a batch never spans two days)
-      local prior = (fresh[k] and fresh[k][cid]) or known[k][cid] or known[k + 1][cid]
+      local prior = (fresh[k] and fresh[k][cid]) or known[1][cid] or known[2][cid]
       if prior then
         -- "seq:time:size:epoch" (or "seq:time:epoch", as stored before)
         local ps, pt = string.match(prior, '^(%d+):(%d+):')
@@ -255,7 +251,7 @@ for b = 0, tonumber(ARGV[8]) - 1 do
     parts[#parts + 1] = ' '
     if dup then
       parts[#parts + 1] = '-'
-      retried[(i - a) / 5 + 1] = true
+      retried[(i - a) / 4 + 1] = true
     else
       seq = seq + 1
       times[#times + 1] = t
@@ -273,7 +269,7 @@ for b = 0, tonumber(ARGV[8]) - 1 do
       end
     end
   end
-  a = a + 5 * n
+  a = a + 4 * n
   if #times < n and pushed > 0 then
     -- retries: their texts were pushed with the others; keep only the new ops' texts
     local texts, kept = redis.call('LRANGE', lk, -n, -1), {}

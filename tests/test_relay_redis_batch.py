@@ -136,6 +136,44 @@ async def test_duplicate_ids_within_one_batch(make_broker: Make) -> None:
     assert history.lines == [line for message in sink.messages for line in message[3]]
 
 
+async def test_ids_an_earlier_version_kept_per_device_still_answer_retries(
+    make_broker: Make, redis_url: str
+) -> None:
+    """An upgrade moves the client ids an earlier version kept in one hash per device and
+    day into their book's hash of that day: a retry sent across it is still acked with
+    its first seq and not relayed again."""
+    broker, _ = await make_broker()
+    b = book()
+    a, other = new_op(broker, "dev-a", "x", 1), new_op(broker, "dev-b", "x", 2)
+    assert await in_one_turn(broker, [(b, a), (b, other)]) == [
+        Appended(1, a.now, False),
+        Appended(2, other.now, False),
+    ]
+    # The same ids, as the earlier version kept them.
+    r = aioredis.from_url(redis_url)
+    day = a.now // 86400
+    by_book = f"{redis_broker.PREFIX}{b}:j:{day}"
+    ids, ttl = await r.hgetall(by_book), await r.pttl(by_book)
+    for field, value in ids.items():
+        device, cid = field.decode().split(" ", 1)
+        per_device = f"{redis_broker.PREFIX}{b}:i:{device}:{day}"
+        await r.hset(per_device, cid, value)
+        await r.pexpire(per_device, ttl)
+    await r.delete(by_book, redis_broker.IDS_BY_BOOK)
+
+    upgraded, sink = await make_broker()
+    await upgraded.listen(b)
+    assert await in_one_turn(upgraded, [(b, a), (b, other)]) == [
+        Appended(1, a.now, True),
+        Appended(2, other.now, True),
+    ]
+    assert await r.keys(f"{redis_broker.PREFIX}{b}:i:*") == []
+    assert 0 < await r.pttl(by_book) <= ttl
+    await asyncio.sleep(0.1)
+    assert sink.ops(b) == []  # neither relayed again
+    await r.aclose()
+
+
 async def test_two_books_in_one_batch(make_broker: Make) -> None:
     broker, sink = await make_broker()
     b1, b2 = book(), book()

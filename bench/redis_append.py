@@ -2,7 +2,7 @@
 
 At saturation the Redis figure of `run.py` is bounded by the core the generator shares
 with redis-server (bench/README.md), so what redis-server spends per op weighs on it
-directly. This drives `RedisBroker.queue_append` in process, shaped like that workload
+directly. This drives `RedisBroker.append_then` in process, shaped like that workload
 (50 books of 4 devices, batches of 250 ops of 1 KiB payloads, every op with a client
 id, ops spread over the devices at random), against a private redis-server with a
 subscriber on every book, and prints redis-server's CPU time (`INFO cpu`) and the wall
@@ -100,9 +100,9 @@ async def drive(
             sent += 1
             op = NewOp(device, f"op-{sent}", payload, now, f"{broker.instance}.{i}", now)
             answer: asyncio.Future[Appended | Exception] = loop.create_future()
-            broker.queue_append(b, op, answer.set_result)
+            await broker.append_then(b, op, answer.set_result)  # waits while the bus is full
             answers.append(answer)
-        for result in await asyncio.gather(*answers):
+        for result in await asyncio.wait_for(asyncio.gather(*answers), 30):
             if not isinstance(result, Appended) or result.duplicate:
                 raise SystemExit(f"unexpected answer {result!r}")
 

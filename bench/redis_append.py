@@ -102,7 +102,11 @@ async def drive(
             answer: asyncio.Future[Appended | Exception] = loop.create_future()
             await broker.append_then(b, op, answer.set_result)  # waits while the bus is full
             answers.append(answer)
-        for result in await asyncio.wait_for(asyncio.gather(*answers), 30):
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*answers), 30)
+        except TimeoutError:
+            raise SystemExit("a batch was not answered within 30 s") from None
+        for result in results:
             if not isinstance(result, Appended) or result.duplicate:
                 raise SystemExit(f"unexpected answer {result!r}")
 

@@ -111,6 +111,11 @@ def channel(book_ref: str) -> str:
     return _k(book_ref, "c")
 
 
+def ids_key(book_ref: str, day: int) -> str:
+    """The book's client ids of one day (Unix day number): fields `id_key`."""
+    return _k(book_ref, f"j:{day}")
+
+
 class RedisBroker:
     def __init__(
         self,
@@ -217,13 +222,14 @@ class RedisBroker:
             return
         async for key in r.scan_iter(match=PREFIX + "*:i:*", count=1000):
             parts = key.split(b":")
-            if len(parts) != 6 or parts[3] != b"i":
+            if len(parts) != 6 or parts[3] != b"i" or not parts[5].isdigit():
                 continue
-            book_ref, device, day = parts[2].decode(), parts[4], parts[5].decode()
-            ids, ttl = await r.hgetall(key), await r.pttl(key)
+            device, target = parts[4], ids_key(parts[2].decode(), int(parts[5]))
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.hgetall(key).pttl(key).pttl(target)
+                ids, ttl, target_ttl = await pipe.execute()
             if ids and ttl > 0:
-                target = _k(book_ref, f"j:{day}")
-                ttl = max(ttl, await r.pttl(target))
+                ttl = max(ttl, target_ttl)
                 async with r.pipeline(transaction=True) as pipe:
                     pipe.hset(target, mapping={device + b" " + c: v for c, v in ids.items()})
                     pipe.pexpire(target, ttl)
@@ -422,7 +428,7 @@ class RedisBroker:
             keys += (prefix + "m", prefix + "l", prefix + "t")
             args += (new_epoch(), prefix + "c", len(places))
             texts: list[str] = []
-            id_keys += (f"{prefix}j:{day}", f"{prefix}j:{day - 1}")  # the book's ids
+            id_keys += (ids_key(book_ref, day), ids_key(book_ref, day - 1))
             for place in places:
                 _, op, tail, _, _ = batch[place]
                 size = len(tail)

@@ -3,11 +3,13 @@
 Each server starts fresh, pinned to core 0 (`taskset -c 0`); the Node load generator
 (gen.mjs) and, for the Redis runs, a private redis-server share core 1. Servers run
 interleaved, round after round, and every ratio compares figures of the same round.
+A warm-up round of every server comes first, printed but not counted (bench/README.md,
+"Warm-up round").
 permessage-deflate is off everywhere (ciphertext does not compress). Loopback only.
 
 Usage: .venv/bin/python bench/run.py [--workloads saturation,latency,idle,catchup]
                                      [--servers wsb,ywss,starlette,relay,relay-redis]
-                                     [--rounds 2] [--quick]
+                                     [--rounds 2] [--warmup-rounds 1] [--quick]
 """
 
 from __future__ import annotations
@@ -294,16 +296,22 @@ def prepare_relay(n: int, tmp: Path, log: Path) -> tuple[Path, Path]:
 # ---------- one workload ----------
 
 
+Rows = list[dict[str, dict[str, Any]]]  # per round: server -> its figures
+
+
 def run_workload(
-    wl: Workload, servers: list[str], rounds: int, tmp: Path, log: Path
-) -> list[dict[str, dict[str, Any]]]:
+    wl: Workload, servers: list[str], rounds: int, warmup: int, tmp: Path, log: Path
+) -> tuple[Rows, Rows]:
+    """The counted rounds and, before them, the warm-up rounds (run alike, not counted)."""
     print(f"\n== {wl.name}: {wl.n} devices in books of {BOOK_SIZE} ==", flush=True)
     chosen = [s for s in wl.servers if s in servers]
     data_dir = devices_file = None
     if any(s.startswith("relay") for s in chosen):
         data_dir, devices_file = prepare_relay(wl.n, tmp, log)
-    results: list[dict[str, dict[str, Any]]] = []
-    for r in range(rounds):
+    results: Rows = []
+    warmups: Rows = []
+    for r in range(-warmup, rounds):
+        label = "warm-up round" if r < 0 else f"round {r + 1}"
         row: dict[str, dict[str, Any]] = {}
         for kind in chosen:
             try:
@@ -322,7 +330,7 @@ def run_workload(
                     "devices_file": str(devices_file) if devices_file else None,
                     **wl.gen,
                 }
-                spy = profile(kind, wl, r, server) if PROFILE_DIR else None
+                spy = profile(kind, wl, r, server) if PROFILE_DIR and r >= 0 else None
                 row[kind] = run_gen(cfg, tmp)
                 if spy is not None:
                     spy.wait(60)
@@ -330,12 +338,12 @@ def run_workload(
                 server.close()
             row[kind]["loadavg_1m"] = os.getloadavg()[0]
             print(
-                f"  round {r + 1} {kind}: {brief(row[kind])} "
+                f"  {label} {kind}: {brief(row[kind])} "
                 f"[load average {row[kind]['loadavg_1m']:.2f}]",
                 flush=True,
             )
-        results.append(row)
-    return results
+        (warmups if r < 0 else results).append(row)
+    return results, warmups
 
 
 PROFILE_DIR: Path | None = None
@@ -441,15 +449,17 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
+def table(name: str, results: Rows, warmups: Rows) -> list[str]:
+    """A workload's figures, round by round; warm-up rounds first, as "w" (not counted)."""
     lines = [f"### {name}", ""]
+    numbered = [("w", row) for row in warmups] + [(str(i), row) for i, row in enumerate(results, 1)]
     if name in ("saturation", "latency"):
         lines += [
             "| round | server | delivered msg/s | x y-websocket | x Node ws | p50 ms | "
             "p99 ms | p999 ms | RSS MB | acked by | sockets the server closed |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for i, row in enumerate(results, 1):
+        for i, row in numbered:
             base = row.get("ywss", {}).get("rate")
             ceil = row.get("wsb", {}).get("rate")
             for kind, res in row.items():
@@ -471,7 +481,7 @@ def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
             "RSS at 1,000 MB | RSS at N MB | MB per 1,000 | MB per 1,000 past the first |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for i, row in enumerate(results, 1):
+        for i, row in numbered:
             for kind, res in row.items():
                 if "error" in res:
                     lines.append(f"| {i} | {LABELS[kind]} | error: {str(res['error'])[:80]} |")
@@ -487,7 +497,7 @@ def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
             "| round | server | missed ops | time to hold them all, ms (per book) | max ms |",
             "|---|---|---|---|---|",
         ]
-        for i, row in enumerate(results, 1):
+        for i, row in numbered:
             for kind, res in row.items():
                 if "error" in res:
                     lines.append(f"| {i} | {LABELS[kind]} | error: {str(res['error'])[:80]} |")
@@ -500,8 +510,8 @@ def table(name: str, results: list[dict[str, dict[str, Any]]]) -> list[str]:
     return [*lines, ""]
 
 
-def verdicts(all_results: dict[str, list[dict[str, dict[str, Any]]]]) -> list[str]:
-    """The targets of the relay's performance, checked on every round (worst round)."""
+def verdicts(all_results: dict[str, Rows]) -> list[str]:
+    """The targets of the relay's performance, checked on every counted round."""
     out = ["### Targets", "", "| target | figure (per round) | met |", "|---|---|---|"]
 
     def per_round(wl: str, fn: Any) -> list[float | None]:
@@ -580,6 +590,12 @@ def main() -> int:
     ap.add_argument("--workloads", default="saturation,latency,idle,catchup")
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=1,
+        help="rounds run first and not counted (default 1; see bench/README.md)",
+    )
     ap.add_argument("--quick", action="store_true", help="shorter runs, 2,000 idle connections")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument(
@@ -596,17 +612,21 @@ def main() -> int:
         return 2
     servers = args.servers.split(",")
     chosen = workloads(args.quick)
-    all_results: dict[str, list[dict[str, dict[str, Any]]]] = {}
+    all_results: dict[str, Rows] = {}
+    warmups: dict[str, Rows] = {}
     log = tmp / "servers.log"
     try:
         for name in args.workloads.split(","):
-            all_results[name] = run_workload(chosen[name], servers, args.rounds, tmp, log)
+            all_results[name], warmups[name] = run_workload(
+                chosen[name], servers, args.rounds, args.warmup_rounds, tmp, log
+            )
     finally:
         if args.json:
-            args.json.write_text(json.dumps(all_results, indent=1))
+            raw = {"rounds": all_results, "warmup_rounds": warmups}
+            args.json.write_text(json.dumps(raw, indent=1))
         report = []
         for name, res in all_results.items():
-            report += table(name, res)
+            report += table(name, res, warmups.get(name, []))
         report += verdicts(all_results)
         print("\n" + "\n".join(report))
         print(

@@ -1,0 +1,106 @@
+"""How often, and for how long, this machine holds up a core: a check of the bench's
+ground, not of the relay.
+
+Two loops on the servers' core, each run with the other core idle and then busy (a
+child spinning on it, as the load generator keeps it at saturation):
+
+- naps: sleeps 0.2 ms again and again and counts the wake-ups that came late, as a
+  server that sleeps between messages would see them;
+- spin: reads the clock in a busy loop and counts the gaps in it, the time the core
+  was taken away while it ran.
+
+Beside each, the time this process waited in the guest's own run queue meanwhile
+(`/proc/thread-self/schedstat`): gaps beyond it were the host's, not another process
+of the guest's.
+
+On a virtual machine the host may run a virtual CPU late, or pause it, and the guest's
+clock runs on meanwhile: a server then shows a run of several ms in `perf sched` that
+holds every message behind it. That shows in every server's p99 and p999 at the latency
+workload, more in a server that spends more per message.
+
+Usage: python3 bench/pauses.py [--seconds 10] [--core 0] [--other 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+NAP_S = 0.0002
+LATE_S = 0.0015  # a nap this much longer than asked is counted
+GAP_S = 0.0005  # a gap in the busy loop's clock this long is counted
+
+
+def naps(seconds: float) -> list[float]:
+    """How late each late wake-up was, in seconds."""
+    late = []
+    before = start = time.monotonic()
+    while before - start < seconds:
+        time.sleep(NAP_S)
+        after = time.monotonic()
+        if after - before - NAP_S > LATE_S:
+            late.append(after - before - NAP_S)
+        before = after
+    return late
+
+
+def spin(seconds: float) -> list[float]:
+    """Each gap in the clock of a busy loop, in seconds."""
+    gaps = []
+    before = start = time.monotonic()
+    while before - start < seconds:
+        now = time.monotonic()
+        if now - before > GAP_S:
+            gaps.append(now - before)
+        before = now
+    return gaps
+
+
+def queued_s() -> float:
+    """The time this thread has waited runnable in the guest's run queue, in seconds."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except OSError:
+        return float("nan")
+
+
+def spinner(core: int) -> subprocess.Popen[bytes]:
+    """A child keeping `core` busy until killed."""
+    code = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    ap.add_argument("--core", type=int, default=0, help="the servers' core")
+    ap.add_argument("--other", type=int, default=1, help="the load generator's core")
+    args = ap.parse_args()
+    os.sched_setaffinity(0, {args.core})
+    print(f"core {args.core}, {args.seconds:.0f} s each")
+    for other_busy in (False, True):
+        child = spinner(args.other) if other_busy else None
+        try:
+            for name, measure, limit in (("naps", naps, LATE_S), ("spin", spin, GAP_S)):
+                queued = queued_s()
+                found = measure(args.seconds)
+                queued = queued_s() - queued
+                worst = max(found, default=0.0)
+                print(
+                    f"  {name}, core {args.other} {'busy' if other_busy else 'idle'}: "
+                    f"{len(found)} over {limit * 1000:.1f} ms, "
+                    f"{sum(found) * 1000:.1f} ms in all, the worst {worst * 1000:.2f} ms; "
+                    f"queued in the guest {queued * 1000:.1f} ms"
+                )
+        finally:
+            if child is not None:
+                child.kill()
+                child.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,10 +13,10 @@ Beside each, the time this process waited in the guest's own run queue meanwhile
 (`/proc/thread-self/schedstat`): gaps beyond it were the host's, not another process
 of the guest's.
 
-On a virtual machine the host may run a virtual CPU late, or pause it, and the guest's
-clock runs on meanwhile: a server then shows a run of several ms in `perf sched` that
-holds every message behind it. That shows in every server's p99 and p999 at the latency
-workload, more in a server that spends more per message.
+On a virtual machine the host may also run a virtual CPU late, or pause it while the
+guest's clock runs on. Either way a server loses the core for some ms, and every
+message that arrives meanwhile waits: at the latency workload that would show in every
+server's p99 and p999, more in a server that spends more per message.
 
 Usage: python3 bench/pauses.py [--seconds 10] [--core 0] [--other 1]
 """

@@ -605,6 +605,8 @@ def main() -> int:
         help="profile our relay with py-spy during saturation/latency (perturbs figures)",
     )
     args = ap.parse_args()
+    if args.warmup_rounds < 0 or args.rounds < 1:
+        ap.error("--rounds must be at least 1 and --warmup-rounds at least 0")
     global PROFILE_DIR
     PROFILE_DIR = args.py_spy
     tmp = start(PROFILE_DIR, "hp-bench-")

@@ -171,8 +171,36 @@ class InProcessServer:
 
     async def __aexit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        if self._task:
-            await asyncio.wait_for(self._task, 15)
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), 15)
+        except TimeoutError:
+            where = task_stacks()  # before the cancel unwinds them
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            stuck = f"the server did not stop within 15 s; its tasks:\n{where}"
+            raise AssertionError(stuck) from None
+
+
+def task_stacks() -> str:
+    """Where each task of the running loop waits, down its chain of awaits (a task's own
+    stack stops at its outermost coroutine): what a hung shutdown is stuck on."""
+    lines = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        lines.append(f"{task.get_name()}:")
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is None:
+                lines.append(f"    awaiting {awaited!r}"[:300])
+                break
+            lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return "\n".join(lines)
 
 
 # What only an exception nobody handled prints: the event loop's handler (logger

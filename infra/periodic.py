@@ -1,5 +1,6 @@
 """Background jobs on a period (sweeps, purges, flushes, heartbeats): run until
-cancelled; a failed run is logged and the next one still comes."""
+cancelled, even when a job's library swallowed the cancel; a failed run is logged
+and the next one still comes."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ async def every(
     """
     if not start_now:
         await asyncio.sleep(period_s)
+    task = asyncio.current_task()
     while True:
+        pause_s = period_s
         try:
             await job()
         except asyncio.CancelledError:
@@ -35,6 +38,11 @@ async def every(
                 log.exception(failed)
             else:
                 log.warning(failed)
-            if failure_pause_s:
-                await asyncio.sleep(failure_pause_s)
-        await asyncio.sleep(period_s)
+            pause_s += failure_pause_s
+        if task is not None and task.cancelling():
+            # Cancelled during the job, which swallowed it: on Python 3.11,
+            # asyncio.wait_for (redis-py wraps every write in it) drops a cancel that
+            # lands as the awaited call completes. A loop that went on would hang the
+            # shutdown that waits for it.
+            raise asyncio.CancelledError
+        await asyncio.sleep(pause_s)

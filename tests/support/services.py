@@ -178,8 +178,7 @@ class InProcessServer:
         except TimeoutError:
             where = task_stacks()  # before the cancel unwinds them
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5)  # never a second hang
             stuck = f"the server did not stop within 15 s; its tasks:\n{where}"
             raise AssertionError(stuck) from None
 

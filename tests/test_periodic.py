@@ -79,8 +79,8 @@ async def test_a_cancel_the_job_swallowed_still_ends_the_loop() -> None:
 
 
 async def test_a_loop_on_redis_ends_whenever_it_is_cancelled(redis_url: str) -> None:
-    """redis-py on Python 3.11 drops some cancels (the write's asyncio.wait_for); the
-    sweeps and heartbeats that call it stopped only sometimes, and the shutdown hung."""
+    """redis-py on Python 3.11 drops some cancels (the write's asyncio.wait_for): a sweep
+    or heartbeat on Redis could outlive its cancel, and the shutdown waiting for it hung."""
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(redis_url, socket_timeout=5)

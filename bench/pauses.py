@@ -34,29 +34,20 @@ LATE_S = 0.0015  # a nap this much longer than asked is counted
 GAP_S = 0.0005  # a gap in the busy loop's clock this long is counted
 
 
-def naps(seconds: float) -> list[float]:
-    """How late each late wake-up was, in seconds."""
-    late = []
+def gaps(seconds: float, nap_s: float, over_s: float) -> list[float]:
+    """Each stretch between two reads of the clock that was longer than asked by more
+    than `over_s`, by how much, in seconds: with `nap_s`, how late each nap woke up;
+    without, how long the busy loop lost the core."""
+    found = []
     before = start = time.monotonic()
     while before - start < seconds:
-        time.sleep(NAP_S)
+        if nap_s:
+            time.sleep(nap_s)
         after = time.monotonic()
-        if after - before - NAP_S > LATE_S:
-            late.append(after - before - NAP_S)
+        if after - before - nap_s > over_s:
+            found.append(after - before - nap_s)
         before = after
-    return late
-
-
-def spin(seconds: float) -> list[float]:
-    """Each gap in the clock of a busy loop, in seconds."""
-    gaps = []
-    before = start = time.monotonic()
-    while before - start < seconds:
-        now = time.monotonic()
-        if now - before > GAP_S:
-            gaps.append(now - before)
-        before = now
-    return gaps
+    return found
 
 
 def queued_s() -> float:
@@ -85,9 +76,9 @@ def main() -> None:
     for other_busy in (False, True):
         child = spinner(args.other) if other_busy else None
         try:
-            for name, measure, limit in (("naps", naps, LATE_S), ("spin", spin, GAP_S)):
+            for name, nap_s, limit in (("naps", NAP_S, LATE_S), ("spin", 0.0, GAP_S)):
                 queued = queued_s()
-                found = measure(args.seconds)
+                found = gaps(args.seconds, nap_s, limit)
                 queued = queued_s() - queued
                 worst = max(found, default=0.0)
                 print(

@@ -45,6 +45,10 @@ SERVER_CORE, GEN_CORE = "0", "1"
 REDIS_CORES = os.environ.get("BENCH_REDIS_CORES", GEN_CORE)
 BOOK_SIZE = 4
 SERVERS = ["wsb", "ywss", "starlette", "relay", "relay-redis"]
+# The generator's own full garbage collections (one every ~4 s, each holding its loop
+# up to ~20 ms) showed up as the server's p999; a larger initial old space leaves none
+# in a run. BENCH_GEN_GC=1 runs it with Node's defaults (bench/README.md).
+GEN_FLAGS = [] if os.environ.get("BENCH_GEN_GC") == "1" else ["--initial-old-space-size=256"]
 LABELS = {
     "wsb": "Node ws broadcast (ceiling)",
     "ywss": "y-websocket-server 0.1.1",
@@ -219,7 +223,7 @@ def run_gen(cfg: dict[str, Any], tmp: Path, timeout: float = 300) -> dict[str, A
     path = tmp / "gen.json"
     path.write_text(json.dumps(cfg))
     out = subprocess.run(
-        ["taskset", "-c", GEN_CORE, "node", str(HERE / "gen.mjs"), str(path)],
+        ["taskset", "-c", GEN_CORE, "node", *GEN_FLAGS, str(HERE / "gen.mjs"), str(path)],
         capture_output=True,
         text=True,
         timeout=timeout,

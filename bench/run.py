@@ -45,9 +45,9 @@ SERVER_CORE, GEN_CORE = "0", "1"
 REDIS_CORES = os.environ.get("BENCH_REDIS_CORES", GEN_CORE)
 BOOK_SIZE = 4
 SERVERS = ["wsb", "ywss", "starlette", "relay", "relay-redis"]
-# The generator's own full garbage collections (one every ~4 s, each holding its loop
-# up to ~20 ms) showed up as the server's p999; a larger initial old space leaves none
-# in a run. BENCH_GEN_GC=1 runs it with Node's defaults (bench/README.md).
+# The generator's own full garbage collections (one every ~4 s, each pausing its loop
+# for up to ~14 ms at a time) showed up as the server's p999; a larger initial old
+# space leaves none in a run. BENCH_GEN_GC=1 runs it with Node's defaults (bench/README.md).
 GEN_FLAGS = [] if os.environ.get("BENCH_GEN_GC") == "1" else ["--initial-old-space-size=256"]
 LABELS = {
     "wsb": "Node ws broadcast (ceiling)",

@@ -29,12 +29,13 @@ import * as syncProtocol from 'y-protocols/sync'
 import * as encoding from 'lib0/encoding'
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'))
+// BENCH_NO_CORK=1: one write per frame, as before (Device.coalesce)
+const COALESCE = Boolean(cfg.window) && process.env.BENCH_NO_CORK !== '1'
 const MARK = Buffer.from('BPM') // base64 "QlBN"
 const PREFIX_LEN = 16
 const OP_HEAD = Buffer.from('{"type":"crdt_operation",')
 const PAYLOAD_KEY = Buffer.from('"payload":"')
 const now = () => performance.now()
-const NO_CORK = process.env.BENCH_NO_CORK === '1' // one write per frame, as before
 
 // ---------- payloads ----------
 
@@ -150,7 +151,6 @@ class Device {
     this.welcome = null
     this.received = 0
     this.onMessage = null
-    this.corked = false
     if (cfg.kind === 'ywss') {
       this.doc = new Y.Doc()
       this.map = this.doc.getMap('m')
@@ -275,12 +275,10 @@ class Device {
   // saturation. Only where a window is refilled: the latency workload's sends stay one
   // write each, at once.
   coalesce () {
-    if (this.corked || NO_CORK || !cfg.window) return
     const sock = this.ws._socket
-    if (!sock) return
-    this.corked = true
+    if (!COALESCE || !sock || sock.writableCorked) return // ws uncorks its own at once
     sock.cork()
-    setImmediate(() => { this.corked = false; sock.uncork() })
+    setImmediate(() => sock.uncork())
   }
 
   send (size, key) {
